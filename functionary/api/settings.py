@@ -1,0 +1,28 @@
+"""Server settings: plain data, filled from the command line by `server_vllm.py` or by tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from functionary.serving.chat import DEFAULT_MAX_N
+
+
+@dataclass
+class ServerSettings:
+    """Everything the HTTP app needs besides the engine."""
+
+    # Names `/v1/models` lists and a request's `model` must match (the first is the default).
+    served_model_names: list[str] = field(default_factory=lambda: ["functionary"])
+    # Prompt template version (e.g. "v3.llama3"); the server resolves it before building the app.
+    prompt_template_version: str = "v3.llama3"
+    # When set, every route requires `Authorization: Bearer <api_key>`.
+    api_key: Optional[str] = None
+    # CORS
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    # Largest `n` a request may ask for.
+    max_n: int = DEFAULT_MAX_N
+    # Seconds `/health` waits for the engine's health check.
+    health_check_timeout: float = 10.0

@@ -1,0 +1,68 @@
+"""The one small interface every inference engine implements (vLLM, fake, ...).
+
+Only JSON-able data crosses it, so the same request can be served by an engine in this
+process, in a subprocess, or behind HTTP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional, Protocol, Sequence, runtime_checkable
+
+
+@dataclass
+class GenerationParams:
+    """Sampling parameters for one completion (OpenAI names; vLLM extras included)."""
+
+    max_tokens: Optional[int] = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: Optional[int] = None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    logprobs: Optional[int] = None
+    # Serialisable constraint for grammar sampling (format version, tools, tool_choice), or None.
+    constraint: Optional[dict[str, Any]] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationDelta:
+    """New text for one choice of a running request."""
+
+    index: int  # choice index (0 .. n-1)
+    text: str
+    token_ids: Sequence[int] = ()
+    finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | None while running
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An engine that turns prompt token ids into streamed text."""
+
+    model_name: str
+    max_model_len: int
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` exactly as the engine will see them (BOS included if the model uses one)."""
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: GenerationParams
+    ) -> AsyncIterator[GenerationDelta]:
+        """Stream deltas until every choice finished. Cancelling the iterator aborts the request."""
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a running request; a no-op if it already finished."""
+
+    async def check_health(self) -> None:
+        """Raise if the engine cannot serve requests."""
+
+    async def shutdown(self) -> None:
+        """Release the engine and everything it started."""

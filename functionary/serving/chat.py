@@ -1,0 +1,570 @@
+"""The chat-completions use case: one `ChatCompletionRequest` in, a response or a chunk stream out.
+
+    prepare(request)  semantic checks -> prompt -> token ids -> context-length check -> params
+    stream(prepared)  backend deltas -> StreamParser per choice -> ChatCompletionChunk
+    complete(prepared) the very same deltas folded into one ChatCompletionResponse
+
+Both paths run `_run`, which turns engine output into per-choice `DeltaMessage`s, so a
+streamed answer folds into exactly the non-streamed one. Nothing here knows about HTTP.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Optional, Sequence
+
+import anyio
+
+from functionary.backends.base import Backend, GenerationParams
+from functionary.parsing.events import TextDelta, ToolCallArgsDelta, ToolCallStart
+from functionary.protocol.openai import (
+    AssistantMessage,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    DeltaFunctionCall,
+    DeltaMessage,
+    DeltaToolCall,
+    FunctionCallOut,
+    ToolCallOut,
+    UsageInfo,
+)
+from functionary.serving.errors import (
+    EngineUnavailableError,
+    InternalError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceError,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_N = 16
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_tool_call_id() -> str:
+    """`call_` + 24 characters from [A-Za-z0-9], like the original server."""
+    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+
+
+@dataclass
+class RequestStats:
+    """Filled in while a request runs; the API layer turns it into metrics."""
+
+    created_at: float = field(default_factory=time.monotonic)
+    first_token_at: Optional[float] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def time_to_first_token(self) -> Optional[float]:
+        if self.first_token_at is None:
+            return None
+        return self.first_token_at - self.created_at
+
+
+@dataclass
+class PreparedChat:
+    """A validated request, ready to run."""
+
+    request_id: str
+    created: int
+    model: str
+    prompt: str
+    prompt_token_ids: list[int]
+    params: GenerationParams
+    tool_choice: Any
+    legacy_functions: bool
+    single_call: bool
+    include_usage: bool
+    stats: RequestStats = field(default_factory=RequestStats)
+
+
+class _ToolCallIds:
+    """Tool-call ids, unique within one response (across all its choices)."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def claim(self, proposed: Optional[str]) -> str:
+        call_id = proposed if proposed and proposed not in self._used else random_tool_call_id()
+        while call_id in self._used:
+            call_id = random_tool_call_id()
+        self._used.add(call_id)
+        return call_id
+
+
+class _Choice:
+    """One choice: parser events -> OpenAI deltas (role first, legacy/single-call cut-off)."""
+
+    def __init__(self, index: int, parser: Any, *, legacy: bool, single_call: bool, ids: _ToolCallIds):
+        self.index = index
+        self.parser = parser
+        self.legacy = legacy
+        self.single_call = single_call or legacy
+        self.ids = ids
+        self.role_sent = False
+        self.calls: dict[int, int] = {}  # parser's call index -> our index (0, 1, ...)
+        self.n_calls = 0
+        self.cut = False  # a further call started where only one is allowed
+        self.done = False
+        self.engine_finished = False
+        self.completion_tokens = 0
+
+    def feed(self, text: str) -> list[DeltaMessage]:
+        if not text or self.cut:
+            return []
+        return self._deltas(self.parser.feed(text))
+
+    def close(self, engine_reason: Optional[str]) -> tuple[list[DeltaMessage], str]:
+        """Flush the parser; return the last deltas and the choice's finish_reason."""
+        deltas = [] if self.cut else self._deltas(self.parser.finish())
+        if not self.role_sent:
+            deltas.insert(0, DeltaMessage(role="assistant", content=""))
+            self.role_sent = True
+        self.done = True
+        return deltas, self.finish_reason(engine_reason)
+
+    def finish_reason(self, engine_reason: Optional[str]) -> str:
+        if engine_reason == "abort":
+            raise EngineUnavailableError("the engine aborted the request")
+        if not self.cut and engine_reason == "length":
+            return "length"  # a truncated call must not look complete
+        if self.n_calls:
+            return "function_call" if self.legacy else "tool_calls"
+        return engine_reason or "stop"
+
+    def _deltas(self, events: Sequence[Any]) -> list[DeltaMessage]:
+        out: list[DeltaMessage] = []
+        for event in events:
+            if isinstance(event, TextDelta):
+                if not event.text:
+                    continue
+                last = out[-1] if out else None
+                if last is not None and last.content is not None and not last.tool_calls and last.function_call is None:
+                    last.content += event.text
+                else:
+                    out.append(DeltaMessage(content=event.text))
+            elif isinstance(event, ToolCallStart):
+                if self.single_call and self.n_calls >= 1:
+                    self.cut = True
+                    break
+                ours = self.n_calls
+                self.calls[event.index] = ours
+                self.n_calls += 1
+                if self.legacy:
+                    out.append(DeltaMessage(function_call=DeltaFunctionCall(name=event.name, arguments="")))
+                else:
+                    out.append(
+                        DeltaMessage(
+                            tool_calls=[
+                                DeltaToolCall(
+                                    index=ours,
+                                    id=self.ids.claim(event.id),
+                                    type="function",
+                                    function=DeltaFunctionCall(name=event.name, arguments=""),
+                                )
+                            ]
+                        )
+                    )
+            elif isinstance(event, ToolCallArgsDelta):
+                ours = self.calls.get(event.index)
+                if ours is None:
+                    logger.warning("arguments for unknown tool call %s dropped", event.index)
+                    continue
+                if not event.arguments:
+                    continue
+                last = out[-1] if out else None
+                if self.legacy:
+                    if last is not None and last.function_call is not None and last.function_call.name is None:
+                        last.function_call.arguments = (last.function_call.arguments or "") + event.arguments
+                    else:
+                        out.append(DeltaMessage(function_call=DeltaFunctionCall(arguments=event.arguments)))
+                else:
+                    if (
+                        last is not None
+                        and last.tool_calls
+                        and last.tool_calls[-1].index == ours
+                        and last.tool_calls[-1].id is None
+                    ):
+                        fn = last.tool_calls[-1].function
+                        assert fn is not None
+                        fn.arguments = (fn.arguments or "") + event.arguments
+                    else:
+                        out.append(
+                            DeltaMessage(
+                                tool_calls=[
+                                    DeltaToolCall(index=ours, function=DeltaFunctionCall(arguments=event.arguments))
+                                ]
+                            )
+                        )
+            else:  # pragma: no cover - a parser bug
+                logger.warning("unknown parser event %r dropped", event)
+        if out and not self.role_sent:
+            out[0].role = "assistant"
+            self.role_sent = True
+        return out
+
+
+class MessageFolder:
+    """Folds a choice's deltas into one assistant message (the non-streaming answer)."""
+
+    def __init__(self) -> None:
+        self.content: Optional[str] = None
+        self.tool_calls: list[dict[str, str]] = []
+        self.function_call: Optional[dict[str, str]] = None
+
+    def add(self, delta: DeltaMessage) -> None:
+        if delta.content is not None:
+            self.content = (self.content or "") + delta.content
+        for call in delta.tool_calls or ():
+            while len(self.tool_calls) <= call.index:
+                self.tool_calls.append({"id": "", "name": "", "arguments": ""})
+            slot = self.tool_calls[call.index]
+            if call.id:
+                slot["id"] = call.id
+            if call.function is not None:
+                slot["name"] += call.function.name or ""
+                slot["arguments"] += call.function.arguments or ""
+        if delta.function_call is not None:
+            if self.function_call is None:
+                self.function_call = {"name": "", "arguments": ""}
+            self.function_call["name"] += delta.function_call.name or ""
+            self.function_call["arguments"] += delta.function_call.arguments or ""
+
+    def message(self) -> AssistantMessage:
+        return AssistantMessage(
+            content=self.content,
+            tool_calls=[
+                ToolCallOut(id=c["id"], function=FunctionCallOut(name=c["name"], arguments=c["arguments"]))
+                for c in self.tool_calls
+            ]
+            or None,
+            function_call=FunctionCallOut(**self.function_call) if self.function_call else None,
+        )
+
+
+PromptBuilder = Callable[..., Any]
+
+
+class ChatService:
+    """Serves chat completions for one model on one backend with one prompt template."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        template: Any,
+        served_model_names: Sequence[str],
+        *,
+        max_n: int = DEFAULT_MAX_N,
+        prompt_builder: Optional[PromptBuilder] = None,
+    ) -> None:
+        if not served_model_names:
+            raise ValueError("at least one served model name is needed")
+        self.backend = backend
+        self.template = template
+        self.served_model_names = list(served_model_names)
+        self.max_n = max_n
+        if prompt_builder is None:
+            from functionary.prompt_template.inference import build_inference_prompt
+
+            prompt_builder = build_inference_prompt
+        self._build_prompt = prompt_builder
+        self._stop_cache: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
+
+    # ------------------------------------------------------------------ preparing
+
+    def resolve_model(self, name: Optional[str]) -> str:
+        if name is None or name == "":
+            return self.served_model_names[0]
+        if name not in self.served_model_names:
+            raise ModelNotFoundError(
+                f"The model `{name}` does not exist.", param="model", code="model_not_found"
+            )
+        return name
+
+    def split_stops(self, stops: Sequence[str]) -> tuple[list[int], list[str]]:
+        """Stop strings that are single tokens become stop token ids (the token's text never
+        reaches the output); the others stay stop strings, which the engine also never emits."""
+        key = tuple(stops)
+        cached = self._stop_cache.get(key)
+        if cached is not None:
+            return cached
+        base = list(self.backend.tokenize(""))
+        ids: list[int] = []
+        texts: list[str] = []
+        for stop in stops:
+            tokens = list(self.backend.tokenize(stop))
+            if tokens[: len(base)] == base and len(tokens) == len(base) + 1:
+                ids.append(tokens[-1])
+            else:
+                texts.append(stop)
+        self._stop_cache[key] = (ids, texts)
+        return ids, texts
+
+    def prepare(self, request: ChatCompletionRequest, request_id: Optional[str] = None) -> PreparedChat:
+        """Validate and render `request`; raises `ServiceError` subclasses (HTTP 4xx)."""
+        model = self.resolve_model(request.model)
+        n = request.n if request.n is not None else 1
+        if n > self.max_n:
+            raise InvalidRequestError(f"n must be at most {self.max_n}, got {n}.", param="n")
+        if request.logprobs or request.top_logprobs:
+            logger.info("logprobs are not supported; the response carries logprobs=null")
+        if request.logit_bias:
+            logger.info("logit_bias is not supported and was ignored")
+        if request.response_format is not None and request.response_format.type != "text":
+            logger.warning("response_format %r is not enforced", request.response_format.type)
+
+        messages = [_message_dict(m, i) for i, m in enumerate(request.messages)]
+        tools = [t.model_dump(exclude_none=True) for t in request.tools] if request.tools is not None else None
+        functions = (
+            [f.model_dump(exclude_none=True) for f in request.functions] if request.functions is not None else None
+        )
+        tool_choice = _choice_value(request.tool_choice)
+        function_call = _choice_value(request.function_call)
+        try:
+            built = self._build_prompt(
+                self.template,
+                messages,
+                tools=tools,
+                functions=functions,
+                tool_choice=tool_choice,
+                function_call=function_call,
+            )
+        except ValueError as exc:  # PromptError is a ValueError
+            raise InvalidRequestError(
+                getattr(exc, "message", None) or str(exc), param=getattr(exc, "param", None)
+            ) from exc
+
+        prompt_ids = list(self.backend.tokenize(built.prompt))
+        max_len = self.backend.max_model_len
+        max_tokens = request.effective_max_tokens
+        if max_tokens is None:
+            if len(prompt_ids) >= max_len:
+                raise InvalidRequestError(
+                    f"This model's maximum context length is {max_len} tokens. However, your "
+                    f"messages resulted in {len(prompt_ids)} tokens. Please reduce the length of "
+                    "the messages.",
+                    param="messages",
+                    code="context_length_exceeded",
+                )
+            max_tokens = max_len - len(prompt_ids)
+        elif len(prompt_ids) + max_tokens > max_len:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {max_len} tokens. However, you requested "
+                f"{len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the messages, "
+                f"{max_tokens} in the completion). Please reduce the length of the messages or "
+                "completion.",
+                param="max_tokens" if request.max_completion_tokens is None else "max_completion_tokens",
+                code="context_length_exceeded",
+            )
+        min_tokens = request.min_tokens or 0
+        if min_tokens > max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens}).", param="min_tokens"
+            )
+
+        stop_ids, stop_texts = self.split_stops(tuple(built.stop))
+        stops = list(dict.fromkeys([*request.stop_list, *stop_texts]))
+        stop_token_ids = list(dict.fromkeys([*stop_ids, *(request.stop_token_ids or [])]))
+        extra: dict[str, Any] = {}
+        params = GenerationParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=-1 if request.top_k is None else request.top_k,
+            min_p=0.0 if request.min_p is None else request.min_p,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+            seed=request.seed,
+            n=n,
+            stop=stops,
+            stop_token_ids=stop_token_ids,
+            ignore_eos=bool(request.ignore_eos),
+            min_tokens=min_tokens,
+            logprobs=None,
+            constraint=None,
+            extra=extra,
+        )
+        return PreparedChat(
+            request_id=request_id or f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=model,
+            prompt=built.prompt,
+            prompt_token_ids=prompt_ids,
+            params=params,
+            tool_choice=built.tool_choice,
+            legacy_functions=bool(built.legacy_functions),
+            single_call=request.parallel_tool_calls is False,
+            include_usage=request.include_usage,
+            stats=RequestStats(prompt_tokens=len(prompt_ids)),
+        )
+
+    # ------------------------------------------------------------------ running
+
+    async def _run(self, prep: PreparedChat) -> AsyncIterator[tuple[int, list[DeltaMessage], Optional[str]]]:
+        """Engine output -> (choice index, deltas, finish_reason or None), in order."""
+        ids = _ToolCallIds()
+        choices = [
+            _Choice(
+                i,
+                self.template.stream_parser(prep.tool_choice),
+                legacy=prep.legacy_functions,
+                single_call=prep.single_call,
+                ids=ids,
+            )
+            for i in range(prep.params.n)
+        ]
+        stats = prep.stats
+        try:
+            generator = self.backend.generate(prep.request_id, prep.prompt_token_ids, prep.params)
+        except Exception as exc:
+            raise await self._engine_error(exc) from exc
+        try:
+            try:
+                async for out in generator:
+                    if not 0 <= out.index < len(choices):
+                        logger.warning("engine returned choice %s of %s; dropped", out.index, len(choices))
+                        continue
+                    choice = choices[out.index]
+                    choice.completion_tokens += len(out.token_ids)
+                    stats.completion_tokens += len(out.token_ids)
+                    if out.finish_reason is not None:
+                        choice.engine_finished = True
+                    if choice.done:
+                        continue
+                    if stats.first_token_at is None and (out.text or out.token_ids):
+                        stats.first_token_at = time.monotonic()
+                    deltas = choice.feed(out.text)
+                    if choice.cut:
+                        last, reason = choice.close(out.finish_reason)
+                        yield choice.index, deltas + last, reason
+                    elif out.finish_reason is not None:
+                        last, reason = choice.close(out.finish_reason)
+                        yield choice.index, deltas + last, reason
+                    elif deltas:
+                        yield choice.index, deltas, None
+                    if all(c.done for c in choices):
+                        break
+            except ServiceError:
+                raise
+            except Exception as exc:
+                raise await self._engine_error(exc) from exc
+            for choice in choices:  # the engine ended without a finish_reason for these
+                if not choice.done:
+                    last, reason = choice.close("stop")
+                    yield choice.index, last, reason
+        finally:
+            unfinished = not all(c.engine_finished for c in choices)
+            with anyio.CancelScope(shield=True):
+                if unfinished:
+                    try:
+                        await self.backend.abort(prep.request_id)
+                    except Exception:  # pragma: no cover - best effort
+                        logger.exception("aborting request %s failed", prep.request_id)
+                aclose = getattr(generator, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except Exception:  # pragma: no cover - best effort
+                        logger.exception("closing the engine stream of %s failed", prep.request_id)
+
+    async def _engine_error(self, exc: BaseException) -> ServiceError:
+        """An exception from the engine: 503 if the engine is unhealthy, else 500."""
+        logger.error("engine error: %r", exc)
+        try:
+            with anyio.fail_after(5):
+                await self.backend.check_health()
+        except Exception:
+            return EngineUnavailableError(f"The engine is not available: {exc}")
+        return InternalError(f"The engine failed to serve the request: {exc}")
+
+    def usage(self, prep: PreparedChat) -> UsageInfo:
+        stats = prep.stats
+        return UsageInfo(
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            total_tokens=stats.prompt_tokens + stats.completion_tokens,
+        )
+
+    async def complete(self, prep: PreparedChat) -> ChatCompletionResponse:
+        """The non-streamed answer: every delta of every choice, folded."""
+        folders = [MessageFolder() for _ in range(prep.params.n)]
+        reasons: list[Optional[str]] = [None] * prep.params.n
+        async for index, deltas, reason in self._run(prep):
+            for delta in deltas:
+                folders[index].add(delta)
+            if reason is not None:
+                reasons[index] = reason
+                prep.stats.finish_reasons.append(reason)
+        return ChatCompletionResponse(
+            id=prep.request_id,
+            created=prep.created,
+            model=prep.model,
+            choices=[
+                ChatCompletionChoice(index=i, message=f.message(), finish_reason=reasons[i])
+                for i, f in enumerate(folders)
+            ],
+            usage=self.usage(prep),
+        )
+
+    async def stream(self, prep: PreparedChat) -> AsyncIterator[ChatCompletionChunk]:
+        """The streamed answer: one chunk per delta, a finish chunk per choice, then usage."""
+
+        def chunk(index: int, delta: DeltaMessage, reason: Optional[str] = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=prep.request_id,
+                created=prep.created,
+                model=prep.model,
+                choices=[ChatCompletionChunkChoice(index=index, delta=delta, finish_reason=reason)],
+            )
+
+        async for index, deltas, reason in self._run(prep):
+            for delta in deltas:
+                yield chunk(index, delta)
+            if reason is not None:
+                prep.stats.finish_reasons.append(reason)
+                yield chunk(index, DeltaMessage(), reason)
+        if prep.include_usage:
+            yield ChatCompletionChunk(
+                id=prep.request_id,
+                created=prep.created,
+                model=prep.model,
+                choices=[],
+                usage=self.usage(prep),
+            )
+
+
+def _choice_value(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    return value.model_dump(exclude_none=True)
+
+
+def _message_dict(message: ChatMessage, index: int) -> dict[str, Any]:
+    """A message as the template layer takes it: plain OpenAI JSON, text content only."""
+    data = message.model_dump(exclude_none=True)
+    if data["role"] == "developer":
+        data["role"] = "system"
+    content = message.content
+    if isinstance(content, list):
+        texts: list[str] = []
+        for part in content:
+            if part.type != "text" or part.text is None:
+                raise InvalidRequestError(
+                    f"Only text content parts are supported, got a `{part.type}` part.",
+                    param=f"messages[{index}].content",
+                )
+            texts.append(part.text)
+        data["content"] = "\n".join(texts)
+    return data
