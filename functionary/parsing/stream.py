@@ -13,7 +13,7 @@ import string
 from enum import Enum
 from typing import Callable, Iterable, Optional
 
-from ..prompt_template.syntax import OutputSyntax
+from .syntax import OutputSyntax
 from .events import Event, TextDelta, ToolCallArgsDelta, ToolCallStart
 
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -45,8 +45,6 @@ class _DropSpaceAfter:
 
     def feed(self, text: str) -> str:
         buf = self._held + text
-        for token in self._tokens:
-            buf = buf.replace(token + " ", token)
         hold = 0
         for token in self._tokens:
             if buf.endswith(token):
@@ -54,11 +52,16 @@ class _DropSpaceAfter:
             else:
                 hold = max(hold, _partial_suffix(buf, token))
         self._held = buf[len(buf) - hold:] if hold else ""
-        return buf[: len(buf) - hold]
+        return self._drop(buf[: len(buf) - hold])
+
+    def _drop(self, text: str) -> str:
+        for token in self._tokens:
+            text = text.replace(token + " ", token)
+        return text
 
     def finish(self) -> str:
         held, self._held = self._held, ""
-        return held
+        return self._drop(held)
 
 
 def _partial_suffix(text: str, marker: str) -> int:
@@ -109,7 +112,9 @@ class StreamParser:
         self._call_name = ""
         self._body_started = False  # the current segment has emitted non-whitespace
         self._body_emitted = False  # the current call has emitted arguments
-        self._pending_ws = ""  # trailing whitespace held until more non-whitespace follows
+        # Trailing whitespace held until more non-whitespace follows (text survives a call in v3.1).
+        self._text_ws = ""
+        self._args_ws = ""
         self._text_emitted = False
         self._anything_emitted = False
         self._events: list[Event] = []
@@ -117,6 +122,8 @@ class StreamParser:
         if prefix:
             self._buf = prefix
             self._run(final=False)
+            if self._state is _State.NAME and not self._anything_emitted:
+                self._return_state = None  # the opener is the prompt's, not text the model wrote
 
     @property
     def has_tool_calls(self) -> bool:
@@ -127,6 +134,8 @@ class StreamParser:
         """Parse the next piece of output; returns the events it completes."""
         if self._finished:
             raise RuntimeError("feed() after finish()")
+        if self._state is _State.DONE:  # after a stop token nothing more belongs to the turn
+            return self._take()
         if self._filter is not None:
             text = self._filter.feed(text)
         self._buf += text
@@ -265,16 +274,18 @@ class StreamParser:
 
     def _begin_segment(self) -> None:
         self._body_started = False
-        if self.syntax.strip_text_segments or self._state is not _State.TEXT:
-            self._pending_ws = ""
+        if self._state is not _State.TEXT:
+            self._args_ws = ""
+        elif self.syntax.strip_text_segments:
+            self._text_ws = ""
 
     def _close_segment(self) -> None:
         if self._state in (_State.ARGS, _State.CODE):
             if not self._body_emitted and self._call_name != self.syntax.code_recipient:
                 self._emit(ToolCallArgsDelta(index=self._call_index, arguments="{}"))
-            self._pending_ws = ""
+            self._args_ws = ""
         elif self._state is _State.TEXT and self.syntax.strip_text_segments:
-            self._pending_ws = ""
+            self._text_ws = ""
 
     def _end_of_output(self) -> None:
         if self._state is _State.NAME:
@@ -297,12 +308,12 @@ class StreamParser:
                 return
         core = chunk.rstrip()
         if not core:
-            self._pending_ws += chunk
+            self._text_ws += chunk
             return
-        lead = self._pending_ws
+        lead = self._text_ws
         if not self._body_started and self._text_emitted and s.strip_text_segments:
             lead = s.text_joiner
-        self._pending_ws = chunk[len(core):]
+        self._text_ws = chunk[len(core):]
         self._body_started = True
         self._text_emitted = True
         self._emit(TextDelta(lead + core))
@@ -314,9 +325,9 @@ class StreamParser:
                 return
         core = chunk.rstrip()
         if not core:
-            self._pending_ws += chunk
+            self._args_ws += chunk
             return
-        lead, self._pending_ws = self._pending_ws, chunk[len(core):]
+        lead, self._args_ws = self._args_ws, chunk[len(core):]
         self._body_started = True
         self._body_emitted = True
         self._emit(ToolCallArgsDelta(index=self._call_index, arguments=lead + core))

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-from .syntax import OutputSyntax
+from ..parsing.syntax import OutputSyntax
 from .typescript import render_namespace
 
 SYSTEM_MESSAGE = (
