@@ -56,13 +56,6 @@ class DeltaStream:
             out.append(delta)
         return out
 
-    def opening_delta(self) -> Optional[dict[str, Any]]:
-        """`{"role": "assistant", "content": ""}` if nothing was sent yet (OpenAI opens streams so)."""
-        if self._role_sent:
-            return None
-        self._role_sent = True
-        return {"role": "assistant", "content": ""}
-
 
 def finish_reason(engine_reason: Optional[str], made_tool_calls: bool) -> Optional[str]:
     """`tool_calls` when the turn called a tool, else the engine's reason (`stop`/`length`)."""
