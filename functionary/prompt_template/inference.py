@@ -89,7 +89,10 @@ def _normalize_function(function: Any, where: str) -> dict:
         if not isinstance(parameters, Mapping):
             raise PromptError(f"`{where}.parameters` must be a JSON Schema object.", where)
         resolve_refs(parameters)  # fail here, with a 400, on a broken $ref
-    description = function.get("description", "")
+    # An absent or null description renders as nothing (the seed printed "// None" for null).
+    description = function.get("description")
+    if description is None:
+        description = ""
     # Key order matters: v3-llama3.1 renders json.dumps of this dict.
     return {"name": name, "description": description, "parameters": parameters}
 

@@ -102,3 +102,14 @@ def test_original_project_prompt_files(version):
 def test_unknown_version_is_a_clear_error():
     with pytest.raises(PromptError, match="Unknown prompt template version 'v9'"):
         get_prompt_template_by_version("v9")
+
+
+@pytest.mark.parametrize("version", ["v2", "v3.llama3", "v3-llama3.1"])
+def test_a_null_tool_description_renders_like_an_absent_one(version):
+    # OpenAI clients and vLLM's own tool model send `"description": null`; the seed printed "None".
+    template = get_prompt_template_by_version(version)
+    messages = [{"role": "user", "content": "hi"}]
+    null = build_inference_prompt(template, messages, [{"type": "function", "function": {"name": "f", "description": None}}])
+    absent = build_inference_prompt(template, messages, [{"type": "function", "function": {"name": "f"}}])
+    assert null.prompt == absent.prompt
+    assert "None" not in null.prompt
