@@ -113,3 +113,34 @@ def test_a_null_tool_description_renders_like_an_absent_one(version):
     absent = build_inference_prompt(template, messages, [{"type": "function", "function": {"name": "f"}}])
     assert null.prompt == absent.prompt
     assert "None" not in null.prompt
+
+
+LEGACY_HISTORY = [
+    {"role": "user", "content": "Quote for ORCL"},
+    {"role": "assistant", "content": None, "function_call": {"name": "get_stock_quote", "arguments": '{"ticker": "ORCL"}'}},
+    {"role": "function", "name": "get_stock_quote", "content": "140.2"},
+]
+LEGACY_FUNCTIONS = [{"name": "get_stock_quote", "description": "Latest quote for a ticker symbol",
+                     "parameters": {"type": "object", "properties": {"ticker": {"type": "string"}}, "required": ["ticker"]}}]
+
+
+@pytest.mark.parametrize("version,expected_tail", [
+    ("v1", 'assistant:\n<|START_OF_FUNCTION_CALL|>get_stock_quote:\n{"ticker": "ORCL"}<|END_OF_FUNCTION_CALL|>\n'
+           "function name=get_stock_quote:\n140.2<|END_OF_FUNCTION_RESULT|>\nassistant:"),
+    ("v2", '<|from|>assistant\n<|recipient|>get_stock_quote\n<|content|>{"ticker": "ORCL"}<|stop|>\n'
+           "<|from|>get_stock_quote\n<|recipient|>all\n<|content|>140.2\n<|from|>assistant\n<|recipient|>"),
+    ("v2.llama3", '<|start_header_id|>assistant<|end_header_id|>\n\n<|reserved_special_token_249|>get_stock_quote\n'
+                  '{"ticker": "ORCL"}<|eot_id|><|start_header_id|>tool<|end_header_id|>\n\nname=get_stock_quote\n140.2'
+                  "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("v3.llama3", '<|start_header_id|>assistant<|end_header_id|>\n\n>>>get_stock_quote\n{"ticker": "ORCL"}<|eot_id|>'
+                  "<|start_header_id|>tool<|end_header_id|>\n\n140.2<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n>>>"),
+    ("v3-llama3.1", '<|start_header_id|>assistant<|end_header_id|>\n\n<function=get_stock_quote>{"ticker": "ORCL"}</function>'
+                    "<|eom_id|><|start_header_id|>ipython<|end_header_id|>\n\n140.2<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+])
+def test_legacy_function_history_renders_in_every_version(version, expected_tail):
+    # The seed asserted on role "function" and ignored function_call in v2 and later (C28).
+    template = get_prompt_template_by_version(version)
+    rendered = build_inference_prompt(template, LEGACY_HISTORY, functions=LEGACY_FUNCTIONS)
+    assert rendered.prompt.endswith(expected_tail)
+    assert rendered.legacy_functions and rendered.tool_choice == "auto"
