@@ -55,18 +55,26 @@ def service_error_response(exc: ServiceError) -> JSONResponse:
     return error_response(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "any"}
+_TOOL_TAGS = {"function", "code_interpreter"}
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> Optional[str]:
+    """`("body", "messages", 0, "role")` -> `"messages[0].role"`, without pydantic's union tags."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
     text = ""
-    for part in parts:
+    for k, part in enumerate(parts):
         if isinstance(part, int):
             text += f"[{part}]"
-        elif isinstance(part, str) and ("[" in part or "-" in part or part[:1].isupper()):
-            continue  # pydantic's union-branch tags (e.g. "function-after[...]", "NamedToolChoice")
-        else:
-            text += ("." if text else "") + str(part)
+            continue
+        part = str(part)
+        if part in _TYPE_TAGS or any(ch in part for ch in "[(-") or part[:1].isupper():
+            continue  # a union branch tag such as "str", "literal[...]", "function-wrap[...]"
+        if k >= 2 and parts[k - 2] == "tools" and isinstance(parts[k - 1], int) and part in _TOOL_TAGS:
+            continue  # the discriminator tag of a tool
+        text += ("." if text else "") + part
     return text or None
 
 

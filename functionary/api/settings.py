@@ -7,14 +7,18 @@ from typing import Optional
 from functionary.serving.chat import DEFAULT_MAX_N
 
 
+DEFAULT_TEMPLATE_VERSION = "v3.llama3"
+
+
 @dataclass
 class ServerSettings:
     """Everything the HTTP app needs besides the engine."""
 
     # Names `/v1/models` lists and a request's `model` must match (the first is the default).
     served_model_names: list[str] = field(default_factory=lambda: ["functionary"])
-    # Prompt template version (e.g. "v3.llama3"); the server resolves it before building the app.
-    prompt_template_version: str = "v3.llama3"
+    # Prompt template version (e.g. "v3.llama3"). None: detect it from the engine's tokenizer
+    # when the app starts, falling back to DEFAULT_TEMPLATE_VERSION for non-Functionary models.
+    prompt_template_version: Optional[str] = None
     # When set, every route requires `Authorization: Bearer <api_key>`.
     api_key: Optional[str] = None
     # CORS

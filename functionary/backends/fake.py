@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Optional, Sequence, Union
 
 from functionary.backends.base import GenerationDelta, GenerationParams
@@ -54,7 +54,6 @@ class _ChoiceRun:
     text: str = ""  # all text accepted so far (after stop handling)
     sent: int = 0  # how much of `text` was sent
     finish: Optional[str] = None
-    pending_ids: list[int] = field(default_factory=list)
 
 
 class FakeBackend:
@@ -77,8 +76,9 @@ class FakeBackend:
         self.delay = delay
         self.add_bos = add_bos
         self.healthy = True
-        # When set, `generate` raises it before producing anything (a dead engine).
+        # When set, `generate` raises it after `error_after` deltas (0: before any; a dead engine).
         self.generate_error: Optional[BaseException] = None
+        self.error_after = 0
         self.requests: list[RecordedRequest] = []
         self.aborted: list[str] = []
         self.running: set[str] = set()
@@ -128,7 +128,7 @@ class FakeBackend:
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: GenerationParams
     ) -> AsyncIterator[GenerationDelta]:
-        if self.generate_error is not None:
+        if self.generate_error is not None and self.error_after <= 0:
             raise self.generate_error
         if request_id in self.running:
             raise ValueError(f"request id {request_id!r} is already running")
@@ -144,6 +144,7 @@ class FakeBackend:
         stop_ids = set(params.stop_token_ids)
         self.running.add(request_id)
         finished = False
+        yielded = 0
         try:
             while any(r.finish is None for r in runs):
                 for run in runs:
@@ -153,14 +154,20 @@ class FakeBackend:
                         run.finish = "abort"
                         yield GenerationDelta(index=run.index, text="", finish_reason="abort")
                         continue
+                    if self.generate_error is not None and yielded >= self.error_after:
+                        raise self.generate_error
                     delta = self._step(run, params, stops, hold, stop_ids)
                     if delta is not None:
+                        yielded += 1
                         yield delta
                     if self.delay:
                         await asyncio.sleep(self.delay)
                     else:
                         await asyncio.sleep(0)
             finished = True
+        except Exception:
+            finished = True  # an engine failure, not an abort
+            raise
         finally:
             self.running.discard(request_id)
             if not finished and request_id not in self.aborted:

@@ -10,8 +10,6 @@ streamed answer folds into exactly the non-streamed one. Nothing here knows abou
 from __future__ import annotations
 
 import logging
-import secrets
-import string
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +18,10 @@ from typing import Any, AsyncIterator, Callable, Optional, Sequence
 import anyio
 
 from functionary.backends.base import Backend, GenerationParams
+from functionary.parsing.chunks import coalesce
 from functionary.parsing.events import TextDelta, ToolCallArgsDelta, ToolCallStart
+from functionary.parsing.stream import new_tool_call_id
+from functionary.prompt_template.inference import build_inference_prompt
 from functionary.protocol.openai import (
     AssistantMessage,
     ChatCompletionChoice,
@@ -47,12 +48,7 @@ from functionary.serving.errors import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_N = 16
-_ID_ALPHABET = string.ascii_letters + string.digits
-
-
-def random_tool_call_id() -> str:
-    """`call_` + 24 characters from [A-Za-z0-9], like the original server."""
-    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+random_tool_call_id = new_tool_call_id
 
 
 @dataclass
@@ -103,8 +99,14 @@ class _ToolCallIds:
         return call_id
 
 
+class _ParserFailure(InternalError):
+    """The stream parser raised (a bug, not the engine's fault): HTTP 500."""
+
+
 class _Choice:
-    """One choice: parser events -> OpenAI deltas (role first, legacy/single-call cut-off)."""
+    """One choice: parser events -> OpenAI deltas (legacy `function_call`, single-call cut-off).
+
+    The role is not part of these deltas: `_run` opens every choice with a role-only delta."""
 
     def __init__(self, index: int, parser: Any, *, legacy: bool, single_call: bool, ids: _ToolCallIds):
         self.index = index
@@ -112,7 +114,7 @@ class _Choice:
         self.legacy = legacy
         self.single_call = single_call or legacy
         self.ids = ids
-        self.role_sent = False
+        self.emitted = False  # any content or call delta so far
         self.calls: dict[int, int] = {}  # parser's call index -> our index (0, 1, ...)
         self.n_calls = 0
         self.cut = False  # a further call started where only one is allowed
@@ -123,14 +125,24 @@ class _Choice:
     def feed(self, text: str) -> list[DeltaMessage]:
         if not text or self.cut:
             return []
-        return self._deltas(self.parser.feed(text))
+        try:
+            events = self.parser.feed(text)
+        except Exception as exc:
+            logger.exception("stream parser failed on %r", text)
+            raise _ParserFailure(f"Could not parse the model output: {exc!r}") from exc
+        return self._deltas(events)
 
     def close(self, engine_reason: Optional[str]) -> tuple[list[DeltaMessage], str]:
         """Flush the parser; return the last deltas and the choice's finish_reason."""
-        deltas = [] if self.cut else self._deltas(self.parser.finish())
-        if not self.role_sent:
-            deltas.insert(0, DeltaMessage(role="assistant", content=""))
-            self.role_sent = True
+        try:
+            events = [] if self.cut else self.parser.finish()
+        except Exception as exc:
+            logger.exception("stream parser failed at the end of the output")
+            raise _ParserFailure(f"Could not parse the model output: {exc!r}") from exc
+        deltas = self._deltas(events)
+        if not self.emitted and not deltas:
+            deltas.append(DeltaMessage(content=""))  # an empty answer is "", not null
+        self.emitted = True
         self.done = True
         return deltas, self.finish_reason(engine_reason)
 
@@ -145,14 +157,9 @@ class _Choice:
 
     def _deltas(self, events: Sequence[Any]) -> list[DeltaMessage]:
         out: list[DeltaMessage] = []
-        for event in events:
+        for event in coalesce(events):
             if isinstance(event, TextDelta):
-                if not event.text:
-                    continue
-                last = out[-1] if out else None
-                if last is not None and last.content is not None and not last.tool_calls and last.function_call is None:
-                    last.content += event.text
-                else:
+                if event.text:
                     out.append(DeltaMessage(content=event.text))
             elif isinstance(event, ToolCallStart):
                 if self.single_call and self.n_calls >= 1:
@@ -161,57 +168,26 @@ class _Choice:
                 ours = self.n_calls
                 self.calls[event.index] = ours
                 self.n_calls += 1
+                start = DeltaFunctionCall(name=event.name, arguments="")
                 if self.legacy:
-                    out.append(DeltaMessage(function_call=DeltaFunctionCall(name=event.name, arguments="")))
+                    out.append(DeltaMessage(function_call=start))
                 else:
-                    out.append(
-                        DeltaMessage(
-                            tool_calls=[
-                                DeltaToolCall(
-                                    index=ours,
-                                    id=self.ids.claim(event.id),
-                                    type="function",
-                                    function=DeltaFunctionCall(name=event.name, arguments=""),
-                                )
-                            ]
-                        )
-                    )
+                    call = DeltaToolCall(index=ours, id=self.ids.claim(event.id), type="function", function=start)
+                    out.append(DeltaMessage(tool_calls=[call]))
             elif isinstance(event, ToolCallArgsDelta):
                 ours = self.calls.get(event.index)
                 if ours is None:
                     logger.warning("arguments for unknown tool call %s dropped", event.index)
-                    continue
-                if not event.arguments:
-                    continue
-                last = out[-1] if out else None
-                if self.legacy:
-                    if last is not None and last.function_call is not None and last.function_call.name is None:
-                        last.function_call.arguments = (last.function_call.arguments or "") + event.arguments
+                elif event.arguments:
+                    piece = DeltaFunctionCall(arguments=event.arguments)
+                    if self.legacy:
+                        out.append(DeltaMessage(function_call=piece))
                     else:
-                        out.append(DeltaMessage(function_call=DeltaFunctionCall(arguments=event.arguments)))
-                else:
-                    if (
-                        last is not None
-                        and last.tool_calls
-                        and last.tool_calls[-1].index == ours
-                        and last.tool_calls[-1].id is None
-                    ):
-                        fn = last.tool_calls[-1].function
-                        assert fn is not None
-                        fn.arguments = (fn.arguments or "") + event.arguments
-                    else:
-                        out.append(
-                            DeltaMessage(
-                                tool_calls=[
-                                    DeltaToolCall(index=ours, function=DeltaFunctionCall(arguments=event.arguments))
-                                ]
-                            )
-                        )
+                        out.append(DeltaMessage(tool_calls=[DeltaToolCall(index=ours, function=piece)]))
             else:  # pragma: no cover - a parser bug
                 logger.warning("unknown parser event %r dropped", event)
-        if out and not self.role_sent:
-            out[0].role = "assistant"
-            self.role_sent = True
+        if out:
+            self.emitted = True
         return out
 
 
@@ -274,11 +250,7 @@ class ChatService:
         self.template = template
         self.served_model_names = list(served_model_names)
         self.max_n = max_n
-        if prompt_builder is None:
-            from functionary.prompt_template.inference import build_inference_prompt
-
-            prompt_builder = build_inference_prompt
-        self._build_prompt = prompt_builder
+        self._build_prompt = prompt_builder or build_inference_prompt
         self._stop_cache: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
 
     # ------------------------------------------------------------------ preparing
@@ -324,7 +296,7 @@ class ChatService:
         if request.response_format is not None and request.response_format.type != "text":
             logger.warning("response_format %r is not enforced", request.response_format.type)
 
-        messages = [_message_dict(m, i) for i, m in enumerate(request.messages)]
+        messages = [_message_dict(m) for m in request.messages]
         tools = [t.model_dump(exclude_none=True) for t in request.tools] if request.tools is not None else None
         functions = (
             [f.model_dump(exclude_none=True) for f in request.functions] if request.functions is not None else None
@@ -426,6 +398,7 @@ class ChatService:
             for i in range(prep.params.n)
         ]
         stats = prep.stats
+        opened = False
         try:
             generator = self.backend.generate(prep.request_id, prep.prompt_token_ids, prep.params)
         except Exception as exc:
@@ -436,6 +409,13 @@ class ChatService:
                     if not 0 <= out.index < len(choices):
                         logger.warning("engine returned choice %s of %s; dropped", out.index, len(choices))
                         continue
+                    if not opened:
+                        # Every choice opens with its role, in index order, once the engine
+                        # answered (clients such as openai-python's stream accumulator need
+                        # choice i to appear before choice i+1).
+                        opened = True
+                        for c in choices:
+                            yield c.index, [DeltaMessage(role="assistant")], None
                     choice = choices[out.index]
                     choice.completion_tokens += len(out.token_ids)
                     stats.completion_tokens += len(out.token_ids)
@@ -460,6 +440,9 @@ class ChatService:
                 raise
             except Exception as exc:
                 raise await self._engine_error(exc) from exc
+            if not opened:
+                for c in choices:
+                    yield c.index, [DeltaMessage(role="assistant")], None
             for choice in choices:  # the engine ended without a finish_reason for these
                 if not choice.done:
                     last, reason = choice.close("stop")
@@ -480,7 +463,12 @@ class ChatService:
                         logger.exception("closing the engine stream of %s failed", prep.request_id)
 
     async def _engine_error(self, exc: BaseException) -> ServiceError:
-        """An exception from the engine: 503 if the engine is unhealthy, else 500."""
+        """An exception from the engine: a ValueError is the request's fault (400; backends
+        raise one for parameters the engine refuses), else 503 if the engine is unhealthy,
+        else 500."""
+        if isinstance(exc, ValueError):
+            logger.info("engine refused the request: %s", exc)
+            return InvalidRequestError(str(exc))
         logger.error("engine error: %r", exc)
         try:
             with anyio.fail_after(5):
@@ -551,20 +539,7 @@ def _choice_value(value: Any) -> Any:
     return value.model_dump(exclude_none=True)
 
 
-def _message_dict(message: ChatMessage, index: int) -> dict[str, Any]:
-    """A message as the template layer takes it: plain OpenAI JSON, text content only."""
-    data = message.model_dump(exclude_none=True)
-    if data["role"] == "developer":
-        data["role"] = "system"
-    content = message.content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for part in content:
-            if part.type != "text" or part.text is None:
-                raise InvalidRequestError(
-                    f"Only text content parts are supported, got a `{part.type}` part.",
-                    param=f"messages[{index}].content",
-                )
-            texts.append(part.text)
-        data["content"] = "\n".join(texts)
-    return data
+def _message_dict(message: ChatMessage) -> dict[str, Any]:
+    """A message as the template layer takes it: plain OpenAI JSON (it normalises content
+    parts and the `developer` role itself)."""
+    return message.model_dump(exclude_none=True)
