@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -201,9 +201,14 @@ def ensure_default_model(target: Optional[Path] = None) -> Path:
             return folder
         if folder.exists():  # a broken or outdated folder: replace it
             shutil.rmtree(folder)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        # mkdir (not mkdtemp, which makes it 0700): the folder gets the usual umask mode.
+        tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
         try:
             _converter(gguf_path, tmp)
+            for item in tmp.iterdir():  # some writers create 0600 files; make them readable
+                if item.is_file():
+                    os.chmod(item, 0o644)
             stat = gguf_path.stat()
             (tmp / MARKER_FILE).write_text(
                 json.dumps(

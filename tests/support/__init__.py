@@ -1,0 +1,1 @@
+"""Test helpers that do not depend on pytest (usable from scripts too)."""
