@@ -1,0 +1,230 @@
+"""Load generator for any OpenAI-compatible server, and a side-by-side comparison with stock vLLM.
+
+    # against a running server
+    python benchmarks/load.py run --base-url http://127.0.0.1:8000/v1 --concurrency 16 --requests 32
+
+    # start our server, then vLLM's stock OpenAI server, on the same model folder, engine
+    # settings and load, one after the other; print both and the ratios
+    python benchmarks/load.py compare --concurrency 1,16 --max-tokens 128
+
+Each request is a streaming chat completion with tools (ignore_eos + max_tokens fix the output
+length, so both servers generate the same number of tokens). Reports output tok/s over the whole
+run, time to first token (TTFT) p50/p95 and inter-token latency (ITL) p50/p95 between chunks.
+Only loopback addresses are used.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "description": "City name"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        }, "required": ["city"]},
+    },
+}]
+QUESTIONS = ["What is the weather in Paris?", "Is it raining in Lisbon?", "Tell me about the weather in Rome.",
+             "Weather in Tokyo, in fahrenheit?"]
+
+
+@dataclass
+class Result:
+    ttft: float = 0.0
+    itls: list[float] = field(default_factory=list)
+    completion_tokens: int = 0
+    error: Optional[str] = None
+
+
+async def one_request(client: httpx.AsyncClient, base_url: str, model: str, i: int, max_tokens: int,
+                      api_key: str) -> Result:
+    body = {
+        "model": model, "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+        "tools": TOOLS, "tool_choice": "auto", "max_tokens": max_tokens, "temperature": 0.7, "seed": i,
+        "ignore_eos": True,
+    }
+    result, start, last = Result(), time.perf_counter(), None
+    try:
+        async with client.stream("POST", f"{base_url}/chat/completions", json=body,
+                                 headers={"Authorization": f"Bearer {api_key}"}) as response:
+            if response.status_code != 200:
+                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    result.completion_tokens = chunk["usage"]["completion_tokens"]
+                if not chunk.get("choices"):
+                    continue
+                delta = chunk["choices"][0].get("delta") or {}
+                if not (delta.get("content") or delta.get("tool_calls")):
+                    continue
+                now = time.perf_counter()
+                if last is None:
+                    result.ttft = now - start
+                else:
+                    result.itls.append(now - last)
+                last = now
+    except httpx.HTTPError as exc:
+        result.error = repr(exc)
+    return result
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def run_load(base_url: str, concurrency: int, requests: int, max_tokens: int, api_key: str) -> dict:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+        models = (await client.get(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"})).json()
+        model = models["data"][0]["id"]
+        await one_request(client, base_url, model, 0, 8, api_key)  # warm-up
+        queue = list(range(requests))
+        results: list[Result] = []
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                results.append(await one_request(client, base_url, model, i, max_tokens, api_key))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ok = [r for r in results if r.error is None]
+    errors = [r.error for r in results if r.error is not None]
+    tokens = sum(r.completion_tokens for r in ok)
+    itls = [x for r in ok for x in r.itls]
+    return {
+        "concurrency": concurrency, "requests": requests, "ok": len(ok), "errors": errors[:3],
+        "output_tok_s": tokens / elapsed if elapsed else 0.0,
+        "ttft_p50_ms": 1000 * pct([r.ttft for r in ok], 0.5), "ttft_p95_ms": 1000 * pct([r.ttft for r in ok], 0.95),
+        "itl_p50_ms": 1000 * pct(itls, 0.5), "itl_p95_ms": 1000 * pct(itls, 0.95),
+        "mean_tokens": tokens / len(ok) if ok else 0,
+    }
+
+
+def print_row(name: str, row: dict) -> None:
+    print(f"{name:>10} c={row['concurrency']:<3} ok={row['ok']}/{row['requests']} "
+          f"tok/s={row['output_tok_s']:8.1f}  TTFT p50={row['ttft_p50_ms']:7.1f}ms p95={row['ttft_p95_ms']:7.1f}ms  "
+          f"ITL p50={row['itl_p50_ms']:6.1f}ms p95={row['itl_p95_ms']:6.1f}ms  tokens/req={row['mean_tokens']:.0f}"
+          + (f"  errors={row['errors']}" if row["errors"] else ""), flush=True)
+
+
+def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 600.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError("server did not become healthy")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def compare(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT))
+    from functionary.backends.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+
+    model_dir = args.model or str(ensure_default_model())
+    engine = ["--model", model_dir, "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16",
+              "--enforce-eager", "--max-model-len", "2048"]
+    servers = {
+        "functionary": [sys.executable, str(ROOT / "server_vllm.py"), *engine,
+                        "--prompt-template-version", "v3.llama3", *args.ours_args.split()],
+        "vllm-stock": [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
+                       "--enable-auto-tool-choice", "--tool-call-parser", "hermes"],
+    }
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    table: dict[str, list[dict]] = {}
+    for name, command in servers.items():
+        port = args.port
+        with tempfile.TemporaryDirectory() as tmp:
+            log = open(Path(tmp) / "server.log", "w")
+            started = time.perf_counter()
+            process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                                       env={**env, "TMPDIR": tmp}, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+            try:
+                wait_healthy(port, process)
+                print(f"{name}: healthy after {time.perf_counter() - started:.1f}s", flush=True)
+                table[name] = []
+                for concurrency in args.concurrency:
+                    row = asyncio.run(run_load(f"http://127.0.0.1:{port}/v1", concurrency,
+                                               max(args.requests, 2 * concurrency), args.max_tokens, "EMPTY"))
+                    print_row(name, row)
+                    table[name].append(row)
+            except Exception:
+                log.flush()
+                print((Path(tmp) / "server.log").read_text()[-3000:], file=sys.stderr)
+                raise
+            finally:
+                stop(process)
+    print("\nratios (functionary / stock vLLM):")
+    for ours, stock in zip(table["functionary"], table["vllm-stock"]):
+        print(f"  c={ours['concurrency']:<3} throughput {ours['output_tok_s'] / stock['output_tok_s']:.2f}x   "
+              f"TTFT p50 {ours['ttft_p50_ms'] - stock['ttft_p50_ms']:+.1f}ms   "
+              f"ITL p50 {ours['itl_p50_ms'] / stock['itl_p50_ms']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    run.add_argument("--api-key", default="EMPTY")
+    cmp_ = sub.add_parser("compare")
+    cmp_.add_argument("--model", default=None, help="model folder (default: the converted default model)")
+    cmp_.add_argument("--port", type=int, default=8765)
+    cmp_.add_argument("--ours-args", default="", help="extra flags for our server")
+    for p in (run, cmp_):
+        p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
+        p.add_argument("--requests", type=int, default=8)
+        p.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+    if args.command == "run":
+        for concurrency in args.concurrency:
+            print_row("server", asyncio.run(run_load(args.base_url, concurrency, max(args.requests, 2 * concurrency),
+                                                     args.max_tokens, args.api_key)))
+    else:
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()

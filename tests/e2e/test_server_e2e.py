@@ -1,0 +1,184 @@
+"""The real `server_vllm.py` process on the real vLLM engine with the default model, through the
+official `openai` client and raw HTTP over loopback (marked slow; CI runs it)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+MESSAGES = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = open(tmp / "server.log", "w")
+    env = {**os.environ, "TMPDIR": str(tmp), "VLLM_RPC_BASE_PATH": str(tmp), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "server_vllm.py"), "--host", "127.0.0.1", "--port", str(port),
+         "--api-key", "test-key"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("server exited:\n" + (tmp / "server.log").read_text()[-4000:])
+            try:
+                if httpx.get(f"{base}/health", headers={"Authorization": "Bearer test-key"}, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("server never became healthy:\n" + (tmp / "server.log").read_text()[-4000:])
+            time.sleep(1)
+        yield base
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.close()
+        # Nothing of the engine outlives the server.
+        leftovers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert leftovers == [], leftovers
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="test-key", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model(client):
+    return client.models.list().data[0].id
+
+
+def test_models_and_a_plain_completion(client, model):
+    assert model == "SmolLM2-135M-Instruct"
+    response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hello."}],
+                                              max_tokens=16, temperature=0)
+    choice = response.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert "<|" not in choice.message.content  # no special-token text leaks into content
+    assert response.usage.completion_tokens > 0 and response.usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("tool_choice", [None, "auto", {"type": "function", "function": {"name": "get_weather"}}])
+def test_streamed_equals_whole_at_temperature_zero(client, model, tool_choice):
+    kwargs = dict(model=model, messages=MESSAGES, tools=[WEATHER], max_tokens=40, temperature=0)
+    if tool_choice is not None:
+        kwargs["tool_choice"] = tool_choice
+    whole = client.chat.completions.create(**kwargs)
+    state = ChatCompletionStreamState()  # openai-python's own accumulator is the oracle
+    for chunk in client.chat.completions.create(**kwargs, stream=True):
+        state.handle_chunk(chunk)
+    streamed = state.current_completion_snapshot
+    a, b = whole.choices[0], streamed.choices[0]
+    assert a.message.content == b.message.content
+    calls = lambda m: [(c.function.name, c.function.arguments) for c in m.tool_calls or []]  # noqa: E731
+    assert calls(a.message) == calls(b.message)
+    assert a.finish_reason == b.finish_reason
+
+
+def test_a_named_tool_choice_yields_that_tools_call(client, model):
+    response = client.chat.completions.create(
+        model=model, messages=MESSAGES, tools=[WEATHER], max_tokens=40, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    choice = response.choices[0]
+    assert [c.function.name for c in choice.message.tool_calls] == ["get_weather"]
+    assert re.fullmatch(r"call_[A-Za-z0-9]{24}", choice.message.tool_calls[0].id)
+    assert choice.finish_reason in ("tool_calls", "length")
+
+
+def test_raw_sse_framing(server, model):
+    body = {"model": model, "messages": MESSAGES, "max_tokens": 8, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": "Bearer test-key"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["usage"]["completion_tokens"] == 8 and chunks[-1]["choices"] == []
+
+
+def test_errors_in_openai_format(server, client, model):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    response = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": "Bearer test-key"},
+                          json={"model": model, "messages": MESSAGES, "max_tokens": 10_000}, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and "context" in error["message"]
+
+
+def running_requests(server) -> float:
+    text = httpx.get(f"{server}/metrics", headers={"Authorization": "Bearer test-key"}, timeout=10).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("vllm:num_requests_running")]
+    assert values, "the engine's own metrics are exported"
+    return sum(values)
+
+
+def wait_idle(server, seconds=30.0) -> float:
+    deadline = time.time() + seconds
+    while (running := running_requests(server)) and time.time() < deadline:
+        time.sleep(0.5)
+    return running
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_disconnect_aborts_the_engine_request(server, model, stream):
+    body = {"model": model, "messages": MESSAGES, "max_tokens": 1500, "ignore_eos": True, "stream": stream}
+    headers = {"Authorization": "Bearer test-key"}
+    if stream:
+        with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+            for n, _ in enumerate(r.iter_lines()):
+                if n > 3:
+                    break
+        # the response is closed here, mid-stream
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server}/v1/chat/completions", json=body, headers=headers, timeout=3)
+    # 1500 tokens would take a minute on 2 cores: an idle engine within seconds means it was aborted.
+    assert wait_idle(server, 20) == 0
