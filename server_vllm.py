@@ -50,6 +50,13 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="prompt template to use (default: detected from the tokenizer, else v3.llama3)",
     )
+    group.add_argument(
+        "--enable-grammar-sampling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="constrain generation to valid function names and schema-valid arguments "
+        "(default: on for models that are not Functionary models, off for Functionary models)",
+    )
     group.add_argument("--max-n", type=int, default=16, help="largest `n` a request may ask for (default: %(default)s)")
     # `--log-level` is vLLM's own flag (DEBUG, INFO, ...); it sets the server's level too.
     return parser
@@ -86,6 +93,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from functionary.backends.vllm_backend import VLLMBackend
 
     engine = engine_args_from_cli(args)
+    if args.enable_grammar_sampling is not False:
+        # Loaded at engine start; it constrains only requests that carry a constraint.
+        from functionary.grammar import VLLM_LOGITS_PROCESSOR
+
+        engine.logits_processors = [*(engine.logits_processors or []), VLLM_LOGITS_PROCESSOR]
     settings = ServerSettings(
         served_model_names=served_names(args, engine),
         prompt_template_version=args.prompt_template_version,
@@ -95,6 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         allowed_headers=args.allowed_headers,
         allow_credentials=args.allow_credentials,
         max_n=args.max_n,
+        grammar_sampling=args.enable_grammar_sampling,
     )
 
     async def backend_factory() -> VLLMBackend:

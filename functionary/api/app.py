@@ -261,6 +261,19 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def is_functionary_model(backend: Any) -> bool:
+    """Whether the engine's tokenizer belongs to a Functionary format."""
+    from functionary.prompt_template import detect_version
+
+    get_tokenizer = getattr(backend, "get_tokenizer", None)
+    if get_tokenizer is None:
+        return False
+    try:
+        return detect_version(get_tokenizer()) is not None
+    except Exception:  # noqa: BLE001 - a tokenizer we cannot inspect is not a Functionary one
+        return False
+
+
 def detect_template(backend: Any) -> Any:
     """The template of the engine's tokenizer; `DEFAULT_TEMPLATE_VERSION` for other models."""
     from functionary.prompt_template import (
@@ -305,15 +318,19 @@ def create_app(
         if inspect.isawaitable(backend):
             backend = await backend
         chosen = template if template is not None else detect_template(backend)
+        grammar = settings.grammar_sampling
+        if grammar is None:  # the model was not trained on a format: constrain it to the format
+            grammar = not is_functionary_model(backend)
         app.state.backend = backend
         app.state.template = chosen
         app.state.service = ChatService(
-            backend, chosen, settings.served_model_names, max_n=settings.max_n
+            backend, chosen, settings.served_model_names, max_n=settings.max_n, grammar_sampling=grammar
         )
         logger.info(
-            "serving %s (prompt template %s) as %s",
+            "serving %s (prompt template %s, grammar sampling %s) as %s",
             getattr(backend, "model_name", "?"),
             getattr(chosen, "version", "?"),
+            "on" if grammar else "off",
             ", ".join(settings.served_model_names),
         )
         try:

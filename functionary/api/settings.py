@@ -28,5 +28,9 @@ class ServerSettings:
     allow_credentials: bool = False
     # Largest `n` a request may ask for.
     max_n: int = DEFAULT_MAX_N
+    # Grammar sampling (valid names, schema-valid arguments). None: on for models that are not
+    # Functionary models (their tokenizer names no format), off for Functionary models.
+    # The engine must have been started with `functionary.grammar.VLLM_LOGITS_PROCESSOR`.
+    grammar_sampling: Optional[bool] = None
     # Seconds `/health` waits for the engine's health check.
     health_check_timeout: float = 10.0

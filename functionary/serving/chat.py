@@ -243,6 +243,7 @@ class ChatService:
         *,
         max_n: int = DEFAULT_MAX_N,
         prompt_builder: Optional[PromptBuilder] = None,
+        grammar_sampling: bool = False,
     ) -> None:
         if not served_model_names:
             raise ValueError("at least one served model name is needed")
@@ -250,6 +251,7 @@ class ChatService:
         self.template = template
         self.served_model_names = list(served_model_names)
         self.max_n = max_n
+        self.grammar_sampling = grammar_sampling
         self._build_prompt = prompt_builder or build_inference_prompt
         self._stop_cache: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
 
@@ -365,7 +367,7 @@ class ChatService:
             ignore_eos=bool(request.ignore_eos),
             min_tokens=min_tokens,
             logprobs=None,
-            constraint=None,
+            constraint=self._constraint(built, request.parallel_tool_calls),
             extra=extra,
         )
         return PreparedChat(
@@ -381,6 +383,14 @@ class ChatService:
             include_usage=request.include_usage,
             stats=RequestStats(prompt_tokens=len(prompt_ids)),
         )
+
+    def _constraint(self, built: Any, parallel_tool_calls: Optional[bool]) -> Optional[dict[str, Any]]:
+        """The grammar-sampling spec the engine's logits processor enforces (JSON only)."""
+        if not self.grammar_sampling:
+            return None
+        from functionary.grammar.spec import constraint_for_prompt
+
+        return constraint_for_prompt(self.template.version, built, parallel_tool_calls)
 
     # ------------------------------------------------------------------ running
 

@@ -182,3 +182,23 @@ def test_a_client_disconnect_aborts_the_engine_request(server, model, stream):
             httpx.post(f"{server}/v1/chat/completions", json=body, headers=headers, timeout=3)
     # 1500 tokens would take a minute on 2 cores: an idle engine within seconds means it was aborted.
     assert wait_idle(server, 20) == 0
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_grammar_sampling_makes_the_default_model_call_validly(client, model, tool_choice):
+    # SmolLM2 was never trained on a Functionary format; grammar sampling (on by default for
+    # such models) makes its calls name a given tool with schema-valid arguments.
+    import jsonschema
+
+    tools = [WEATHER, {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"]}}}]
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    for temperature in (0.0, 0.7, 1.0):
+        response = client.chat.completions.create(model=model, messages=MESSAGES, tools=tools, tool_choice=tool_choice,
+                                                  max_tokens=96, temperature=temperature, seed=7)
+        choice = response.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        for call in choice.message.tool_calls:
+            jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+        if isinstance(tool_choice, dict):
+            assert {c.function.name for c in choice.message.tool_calls} == {"get_weather"}

@@ -254,7 +254,31 @@ async def test_defaults_when_nothing_is_given(harness):
     assert params.max_tokens == h.fake.max_model_len - prompt_len
     assert (params.temperature, params.top_p, params.top_k, params.min_p) == (1.0, 1.0, -1, 0.0)
     assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (0.0, 0.0, 1.0)
-    assert params.seed is None and params.n == 1 and params.constraint is None
+    assert params.seed is None and params.n == 1
+    # The fake names no Functionary format, so grammar sampling is on by default: text only here.
+    assert params.constraint == {"version": "v3.llama3", "tools": [], "tool_choice": "none", "parallel_tool_calls": True}
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+async def test_grammar_sampling_spec_follows_the_request(harness):
+    h = await harness([TEXT_OUT], grammar_sampling=True)
+    await h.post({"messages": USER, "tools": [WEATHER_TOOL], "tool_choice": "required", "parallel_tool_calls": False})
+    normalized = {"type": "function", "function": {"description": "", **WEATHER_TOOL["function"]}}
+    assert h.fake.requests[-1].params.constraint == {
+        "version": "v3.llama3", "tools": [normalized], "tool_choice": "required", "parallel_tool_calls": False,
+    }
+    await h.post({"messages": USER, "functions": [WEATHER_TOOL["function"]]})
+    legacy = h.fake.requests[-1].params.constraint
+    assert legacy["parallel_tool_calls"] is False and legacy["tools"][0]["function"]["name"] == "get_weather"
+
+
+async def test_grammar_sampling_off_sends_no_constraint(harness):
+    h = await harness([TEXT_OUT], grammar_sampling=False)
+    await h.post({"messages": USER, "tools": [WEATHER_TOOL]})
+    assert h.fake.requests[-1].params.constraint is None
 
 
 async def test_max_completion_tokens_wins_and_length_finish(harness):
