@@ -48,7 +48,8 @@ QUESTIONS = ["What is the weather in Paris?", "Is it raining in Lisbon?", "Tell 
 
 @dataclass
 class Result:
-    ttft: float = 0.0
+    ttft: float = 0.0  # first chunk with content or a tool call
+    first_chunk: float = 0.0  # first chunk of any kind (our server sends the role at the first token)
     itls: list[float] = field(default_factory=list)
     completion_tokens: int = 0
     error: Optional[str] = None
@@ -77,6 +78,8 @@ async def one_request(client: httpx.AsyncClient, base_url: str, model: str, i: i
                     result.completion_tokens = chunk["usage"]["completion_tokens"]
                 if not chunk.get("choices"):
                     continue
+                if not result.first_chunk:
+                    result.first_chunk = time.perf_counter() - start
                 delta = chunk["choices"][0].get("delta") or {}
                 if not (delta.get("content") or delta.get("tool_calls")):
                     continue
@@ -121,6 +124,7 @@ async def run_load(base_url: str, concurrency: int, requests: int, max_tokens: i
     return {
         "concurrency": concurrency, "requests": requests, "ok": len(ok), "errors": errors[:3],
         "output_tok_s": tokens / elapsed if elapsed else 0.0,
+        "first_chunk_p50_ms": 1000 * pct([r.first_chunk for r in ok], 0.5),
         "ttft_p50_ms": 1000 * pct([r.ttft for r in ok], 0.5), "ttft_p95_ms": 1000 * pct([r.ttft for r in ok], 0.95),
         "itl_p50_ms": 1000 * pct(itls, 0.5), "itl_p95_ms": 1000 * pct(itls, 0.95),
         "mean_tokens": tokens / len(ok) if ok else 0,
@@ -129,7 +133,7 @@ async def run_load(base_url: str, concurrency: int, requests: int, max_tokens: i
 
 def print_row(name: str, row: dict) -> None:
     print(f"{name:>10} c={row['concurrency']:<3} ok={row['ok']}/{row['requests']} "
-          f"tok/s={row['output_tok_s']:8.1f}  TTFT p50={row['ttft_p50_ms']:7.1f}ms p95={row['ttft_p95_ms']:7.1f}ms  "
+          f"tok/s={row['output_tok_s']:8.1f}  first chunk p50={row['first_chunk_p50_ms']:7.1f}ms  TTFT p50={row['ttft_p50_ms']:7.1f}ms p95={row['ttft_p95_ms']:7.1f}ms  "
           f"ITL p50={row['itl_p50_ms']:6.1f}ms p95={row['itl_p95_ms']:6.1f}ms  tokens/req={row['mean_tokens']:.0f}"
           + (f"  errors={row['errors']}" if row["errors"] else ""), flush=True)
 
@@ -165,12 +169,14 @@ def compare(args: argparse.Namespace) -> None:
     model_dir = args.model or str(ensure_default_model())
     engine = ["--model", model_dir, "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16",
               "--enforce-eager", "--max-model-len", "2048"]
-    servers = {
-        "functionary": [sys.executable, str(ROOT / "server_vllm.py"), *engine,
-                        "--prompt-template-version", "v3.llama3", *args.ours_args.split()],
-        "vllm-stock": [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
-                       "--enable-auto-tool-choice", "--tool-call-parser", "hermes"],
-    }
+    servers = {}
+    if not args.skip_stock:
+        servers["vllm-stock"] = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
+                                 "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    for variant in args.variant:
+        name, _, flags = variant.partition("=")
+        servers[name] = [sys.executable, str(ROOT / "server_vllm.py"), *engine,
+                         "--prompt-template-version", "v3.llama3", *flags.split()]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     table: dict[str, list[dict]] = {}
     for name, command in servers.items():
@@ -196,11 +202,14 @@ def compare(args: argparse.Namespace) -> None:
                 raise
             finally:
                 stop(process)
-    print("\nratios (functionary / stock vLLM):")
-    for ours, stock in zip(table["functionary"], table["vllm-stock"]):
-        print(f"  c={ours['concurrency']:<3} throughput {ours['output_tok_s'] / stock['output_tok_s']:.2f}x   "
-              f"TTFT p50 {ours['ttft_p50_ms'] - stock['ttft_p50_ms']:+.1f}ms   "
-              f"ITL p50 {ours['itl_p50_ms'] / stock['itl_p50_ms']:.2f}x")
+    for name in table:
+        if name == "vllm-stock" or "vllm-stock" not in table:
+            continue
+        print(f"\nratios ({name} / stock vLLM):")
+        for ours, stock in zip(table[name], table["vllm-stock"]):
+            print(f"  c={ours['concurrency']:<3} throughput {ours['output_tok_s'] / stock['output_tok_s']:.2f}x   "
+                  f"TTFT p50 {ours['ttft_p50_ms'] - stock['ttft_p50_ms']:+.1f}ms   "
+                  f"ITL p50 {ours['itl_p50_ms'] / stock['itl_p50_ms']:.2f}x")
 
 
 def main() -> None:
@@ -212,7 +221,10 @@ def main() -> None:
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("--model", default=None, help="model folder (default: the converted default model)")
     cmp_.add_argument("--port", type=int, default=8765)
-    cmp_.add_argument("--ours-args", default="", help="extra flags for our server")
+    cmp_.add_argument("--skip-stock", action="store_true", help="run only our server's variants")
+    cmp_.add_argument("--variant", action="append", default=None,
+                      help='NAME=FLAGS for one run of our server (repeatable), e.g. '
+                           '"grammar-on=--enable-grammar-sampling"')
     for p in (run, cmp_):
         p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
         p.add_argument("--requests", type=int, default=8)
@@ -223,6 +235,8 @@ def main() -> None:
             print_row("server", asyncio.run(run_load(args.base_url, concurrency, max(args.requests, 2 * concurrency),
                                                      args.max_tokens, args.api_key)))
     else:
+        args.variant = args.variant or ["functionary=--no-enable-grammar-sampling",
+                                        "functionary+grammar=--enable-grammar-sampling"]
         compare(args)
 
 
