@@ -160,6 +160,10 @@ def _build_root(cfg: dict) -> list[str]:
     notes: list[str] = []
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    # The private /tmp comes first: read-only binds below it (a venv in a checkout under /tmp)
+    # must land on top of it, not be hidden by it.
+    os.makedirs(root + "/tmp")
+    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg.get('tmp_size', '256m')},mode=1777")
     for path in cfg.get("readonly", []):
         if not os.path.lexists(path):
             continue
@@ -195,8 +199,6 @@ def _build_root(cfg: dict) -> list[str]:
     _mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
            f"size={cfg.get('shm_size', '64m')},mode=1777")
     # /tmp, /proc, the working folder and the kernel's runtime folder
-    os.makedirs(root + "/tmp")
-    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg.get('tmp_size', '256m')},mode=1777")
     os.makedirs(root + "/proc")
     if "pid" in cfg.get("namespaces", []):
         _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
