@@ -6,23 +6,15 @@ send its result (or the validation error) back tied to the call's id, and finish
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 from openai import AsyncOpenAI
 
 from functionary.client import ChatRunner, tool
+from tests.support.server import running_server
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "What is the price of the car named Tang?"
 
 
@@ -44,40 +36,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("client-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp / "server.log", "w")
-    env = {**os.environ, "TMPDIR": str(tmp), "VLLM_RPC_BASE_PATH": str(tmp), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "server_vllm.py"), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("server exited:\n" + (tmp / "server.log").read_text()[-4000:])
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("server never became healthy:\n" + (tmp / "server.log").read_text()[-4000:])
-            time.sleep(1)
+    with running_server(tmp_path_factory.mktemp("client-server")) as base:
         yield f"{base}/v1"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.close()
 
 
 @pytest.mark.anyio

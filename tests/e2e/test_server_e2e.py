@@ -3,22 +3,17 @@ official `openai` client and raw HTTP over loopback (marked slow; CI runs it).""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
+from tests.support.server import running_server
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 WEATHER = {
     "type": "function",
     "function": {
@@ -30,50 +25,10 @@ WEATHER = {
 MESSAGES = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server")
-    port = free_port()
-    log = open(tmp / "server.log", "w")
-    env = {**os.environ, "TMPDIR": str(tmp), "VLLM_RPC_BASE_PATH": str(tmp), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "server_vllm.py"), "--host", "127.0.0.1", "--port", str(port),
-         "--api-key", "test-key"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("server exited:\n" + (tmp / "server.log").read_text()[-4000:])
-            try:
-                if httpx.get(f"{base}/health", headers={"Authorization": "Bearer test-key"}, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("server never became healthy:\n" + (tmp / "server.log").read_text()[-4000:])
-            time.sleep(1)
+    with running_server(tmp_path_factory.mktemp("server"), api_key="test-key") as base:
         yield base
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.close()
-        # Nothing of the engine outlives the server.
-        leftovers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
-        assert leftovers == [], leftovers
 
 
 @pytest.fixture(scope="module")
