@@ -52,13 +52,22 @@ arguments = st.dictionaries(st.text("abcdefgh_", min_size=1, max_size=8), json_v
 plain_text = st.text(alphabet="Hello wrd,.!?é\n0123", min_size=1, max_size=40).map(str.strip).filter(bool)
 
 
+# Arguments whose strings spell the markers of every format (only grammar sampling's
+# JSON-aware parsing keeps them whole).
+marker_arguments = st.dictionaries(
+    st.text("abc", min_size=1, max_size=3),
+    st.lists(st.sampled_from(MARKER_PIECES), min_size=1, max_size=4).map("".join),
+    min_size=1, max_size=3,
+).map(lambda d: json.dumps(d, ensure_ascii=False))
+
+
 @st.composite
-def assistant_turns(draw, version: str):
+def assistant_turns(draw, version: str, argument_values=arguments, code: bool = True):
     """(assistant message, the output a model writes for it) in `version`'s own syntax."""
     content = draw(st.none() | plain_text)
     max_calls = 1 if version == "v1" else 4
-    calls = draw(st.lists(st.tuples(st.sampled_from(NAMES), arguments), max_size=max_calls))
-    if version != "v1" and draw(st.booleans()):
+    calls = draw(st.lists(st.tuples(st.sampled_from(NAMES), argument_values), max_size=max_calls))
+    if code and version != "v1" and draw(st.booleans()):
         code = draw(st.text(alphabet="print(x)=1+2\n #", min_size=1, max_size=30).map(str.strip).filter(bool))
         calls.append(("python", code))
     if content is None and not calls:

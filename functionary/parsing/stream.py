@@ -64,6 +64,43 @@ class _DropSpaceAfter:
         return self._drop(held)
 
 
+class _JsonExtent:
+    """Finds where a JSON value ends, across chunks (strings and escapes tracked)."""
+
+    __slots__ = ("depth", "in_string", "escape", "done")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escape = False
+        self.done = False
+
+    def scan(self, text: str) -> int:
+        """Advance over `text`; the index just after the value's end, or -1 if it goes on.
+        Text that does not start a JSON object or array ends the scan at once (index 0)."""
+        for i, c in enumerate(text):
+            if self.in_string:
+                if self.escape:
+                    self.escape = False
+                elif c == "\\":
+                    self.escape = True
+                elif c == '"':
+                    self.in_string = False
+            elif c == '"':
+                self.in_string = True
+            elif c in "{[":
+                self.depth += 1
+            elif c in "}]":
+                self.depth -= 1
+                if self.depth <= 0:
+                    self.done = True
+                    return i + 1
+            elif self.depth == 0 and not c.isspace():
+                self.done = True
+                return i
+        return -1
+
+
 def _partial_suffix(text: str, marker: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
     for k in range(min(len(marker) - 1, len(text)), 0, -1):
@@ -87,8 +124,11 @@ class StreamParser:
         prefix: str = "",
         tool_names: Optional[Iterable[str]] = None,
         id_factory: Callable[[], str] = new_tool_call_id,
+        json_arguments: bool = False,
     ) -> None:
         self.syntax = syntax
+        self._json_arguments = json_arguments
+        self._extent: Optional[_JsonExtent] = None  # the arguments being scanned, if any
         self._new_id = id_factory
         self._filter = _DropSpaceAfter(syntax.drop_space_after) if syntax.drop_space_after else None
         self._allowed: Optional[set[str]] = None
@@ -166,6 +206,15 @@ class StreamParser:
     def _run(self, final: bool) -> None:
         while self._state is not _State.DONE:
             buf = self._buf
+            extent = self._extent
+            if self._state is _State.ARGS and extent is not None and not extent.done:
+                end = extent.scan(buf)  # no marker can begin inside the object
+                upto = len(buf) if end < 0 else end
+                self._buf = buf[upto:]
+                self._consume(buf[:upto])
+                if end < 0:
+                    return
+                continue
             found = -1
             marker = ""
             for candidate in self._terminators[self._state]:
@@ -269,6 +318,8 @@ class StreamParser:
         self._call_name = name
         self._body_emitted = False
         self._state = _State.ARGS
+        json_body = self._json_arguments and name != self.syntax.code_recipient
+        self._extent = _JsonExtent() if json_body else None
         self._begin_segment()
         self._emit(ToolCallStart(index=self._call_index, id=self._new_id(), name=name))
 

@@ -102,9 +102,15 @@ class PromptTemplate:
 
     # -- parsing -----------------------------------------------------------------------------
 
-    def stream_parser(self, tool_choice: Any = None, tool_names: Optional[Iterable[str]] = None) -> StreamParser:
-        """An incremental parser for output generated after `get_generation_prefix(tool_choice)`."""
-        return StreamParser(self.syntax, prefix=self.get_generation_prefix(tool_choice), tool_names=tool_names)
+    def stream_parser(
+        self, tool_choice: Any = None, tool_names: Optional[Iterable[str]] = None, *, json_arguments: bool = False
+    ) -> StreamParser:
+        """An incremental parser for output generated after `get_generation_prefix(tool_choice)`.
+        `json_arguments`: the output was generated under grammar sampling (see `StreamParser`)."""
+        return StreamParser(
+            self.syntax, prefix=self.get_generation_prefix(tool_choice), tool_names=tool_names,
+            json_arguments=json_arguments,
+        )
 
     def parse_assistant_response(self, llm_output: str, tool_choice: Any = None) -> dict[str, Any]:
         """A whole completion as an OpenAI assistant message (`content`, `tool_calls` with ids).

@@ -4,13 +4,13 @@ from __future__ import annotations
 import copy
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from functionary.parsing import MessageBuilder, TextDelta, ToolCallArgsDelta, ToolCallStart
 from functionary.prompt_template import get_prompt_template_by_version
 from tests.golden.vectors_loader import case_id, load
-from tests.strategies import VERSIONS, assistant_turns, chunkings, raw_outputs, split
+from tests.strategies import VERSIONS, assistant_turns, chunkings, marker_arguments, raw_outputs, split
 
 PARSE_CASES = load("parse")
 HYPOTHESIS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -31,8 +31,9 @@ def test_parse_vector(case):
     assert _without_ids(parsed) == _without_ids(case["parsed"])
 
 
-def stream(version, text_chunks, tool_choice=None, tool_names=None):
-    parser = get_prompt_template_by_version(version).stream_parser(tool_choice, tool_names)
+def stream(version, text_chunks, tool_choice=None, tool_names=None, json_arguments=False):
+    template = get_prompt_template_by_version(version)
+    parser = template.stream_parser(tool_choice, tool_names, json_arguments=json_arguments)
     builder = MessageBuilder()
     events = []
     for chunk in text_chunks:
@@ -47,19 +48,45 @@ def stream(version, text_chunks, tool_choice=None, tool_names=None):
     return builder.message(), events
 
 
-def whole(version, text, tool_choice=None, tool_names=None):
-    return stream(version, [text], tool_choice, tool_names)[0]
+def whole(version, text, tool_choice=None, tool_names=None, json_arguments=False):
+    return stream(version, [text], tool_choice, tool_names, json_arguments)[0]
+
+
+@pytest.mark.parametrize("json_arguments", [False, True])
+@pytest.mark.parametrize("version", VERSIONS)
+@HYPOTHESIS
+@given(data=st.data())
+def test_any_chunking_streams_to_the_whole_message(version, json_arguments, data):
+    text, cuts = data.draw(chunkings(raw_outputs))
+    choice = data.draw(st.sampled_from([None, "auto", "none", "required", {"type": "function", "function": {"name": "get_w"}}]))
+    names = data.draw(st.sampled_from([None, ["get_w", "get_weather"]]))
+    streamed, _ = stream(version, split(text, cuts), choice, names, json_arguments)
+    assert _without_ids(streamed) == _without_ids(whole(version, text, choice, names, json_arguments))
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @HYPOTHESIS
 @given(data=st.data())
-def test_any_chunking_streams_to_the_whole_message(version, data):
-    text, cuts = data.draw(chunkings(raw_outputs))
-    choice = data.draw(st.sampled_from([None, "auto", "none", "required", {"type": "function", "function": {"name": "get_w"}}]))
-    names = data.draw(st.sampled_from([None, ["get_w", "get_weather"]]))
-    streamed, _ = stream(version, split(text, cuts), choice, names)
-    assert _without_ids(streamed) == _without_ids(whole(version, text, choice, names))
+def test_grammar_sampled_arguments_may_spell_markers(version, data):
+    """Under grammar sampling the arguments are one JSON object: a marker inside a string value
+    is part of the value, in any chunking (the reference parser would split the call there)."""
+    message, calls, output = data.draw(assistant_turns(version, argument_values=marker_arguments, code=False))
+    drops = get_prompt_template_by_version(version).syntax.drop_space_after
+    assume(not any(token + " " in args for token in drops for _, args in calls))  # v2 decoding eats those
+    text, cuts = data.draw(chunkings(st.just(output)))
+    parsed, _ = stream(version, split(text, cuts), json_arguments=True)
+    assert parsed["content"] == message["content"]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in parsed["tool_calls"] or []] == calls
+
+
+def test_json_arguments_end_where_the_object_ends():
+    text = 'get_w\n{"q": "a>>>b<|eot_id|>"}>>>get_weather\n{"city": "}>>>"}<|eot_id|>ignored'
+    parsed = whole("v3.llama3", text, json_arguments=True)
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in parsed["tool_calls"]] == [
+        ("get_w", '{"q": "a>>>b<|eot_id|>"}'), ("get_weather", '{"city": "}>>>"}')]
+    # Without the grammar's guarantee the markers are found as text, as the reference does.
+    textual = whole("v3.llama3", text)
+    assert textual["tool_calls"][0]["function"]["arguments"] == '{"q": "a'
 
 
 @pytest.mark.parametrize("version", VERSIONS)
