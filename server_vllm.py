@@ -30,6 +30,7 @@ def _json_list(value: str) -> list[str]:
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from functionary.backends.base import GRAMMAR_BACKENDS, XGRAMMAR
     from functionary.prompt_template import VERSIONS
 
     group = parser.add_argument_group("Functionary server")
@@ -57,6 +58,14 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="constrain generation to valid function names and schema-valid arguments "
         "(default: on for models that are not Functionary models, off for Functionary models)",
     )
+    group.add_argument(
+        "--grammar-backend",
+        choices=GRAMMAR_BACKENDS,
+        default=XGRAMMAR,
+        help="how grammar sampling is enforced: xgrammar (a structural tag through vLLM's structured "
+        "outputs, the fastest) or lm-format-enforcer (functionary's logits processor) "
+        "(default: %(default)s)",
+    )
     group.add_argument("--max-n", type=int, default=16, help="largest `n` a request may ask for (default: %(default)s)")
     # `--log-level` is vLLM's own flag (DEBUG, INFO, ...); it sets the server's level too.
     return parser
@@ -79,6 +88,27 @@ def served_names(args: argparse.Namespace, engine: Any) -> list[str]:
     return list(names)
 
 
+def configure_grammar_backend(engine: Any, backend: str) -> None:
+    """Prepare the engine for grammar sampling through `backend` (before it starts)."""
+    from functionary.backends.base import XGRAMMAR
+
+    if backend == XGRAMMAR:
+        config = engine.structured_outputs_config
+        chosen = getattr(config, "backend", "auto")
+        if chosen not in ("auto", XGRAMMAR):
+            raise SystemExit(
+                f"--grammar-backend xgrammar needs vLLM's structured outputs on xgrammar, "
+                f"not {chosen!r} (drop the structured outputs backend flag or use "
+                "--grammar-backend lm-format-enforcer)"
+            )
+        config.backend = XGRAMMAR  # `auto` would also pick it; say so explicitly
+        return
+    # Loaded at engine start; it constrains only requests that carry a constraint.
+    from functionary.grammar import VLLM_LOGITS_PROCESSOR
+
+    engine.logits_processors = [*(engine.logits_processors or []), VLLM_LOGITS_PROCESSOR]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     log_level = str(getattr(args, "log_level", None) or "INFO").upper()
@@ -94,10 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     engine = engine_args_from_cli(args)
     if args.enable_grammar_sampling is not False:
-        # Loaded at engine start; it constrains only requests that carry a constraint.
-        from functionary.grammar import VLLM_LOGITS_PROCESSOR
-
-        engine.logits_processors = [*(engine.logits_processors or []), VLLM_LOGITS_PROCESSOR]
+        configure_grammar_backend(engine, args.grammar_backend)
     settings = ServerSettings(
         served_model_names=served_names(args, engine),
         prompt_template_version=args.prompt_template_version,
@@ -108,6 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         allow_credentials=args.allow_credentials,
         max_n=args.max_n,
         grammar_sampling=args.enable_grammar_sampling,
+        grammar_backend=args.grammar_backend,
     )
 
     async def backend_factory() -> VLLMBackend:

@@ -324,13 +324,14 @@ def create_app(
         app.state.backend = backend
         app.state.template = chosen
         app.state.service = ChatService(
-            backend, chosen, settings.served_model_names, max_n=settings.max_n, grammar_sampling=grammar
+            backend, chosen, settings.served_model_names, max_n=settings.max_n, grammar_sampling=grammar,
+            grammar_backend=settings.grammar_backend,
         )
         logger.info(
             "serving %s (prompt template %s, grammar sampling %s) as %s",
             getattr(backend, "model_name", "?"),
             getattr(chosen, "version", "?"),
-            "on" if grammar else "off",
+            f"on, {settings.grammar_backend}" if grammar else "off",
             ", ".join(settings.served_model_names),
         )
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from functionary.backends.base import XGRAMMAR
 from functionary.serving.chat import DEFAULT_MAX_N
 
 
@@ -30,7 +31,11 @@ class ServerSettings:
     max_n: int = DEFAULT_MAX_N
     # Grammar sampling (valid names, schema-valid arguments). None: on for models that are not
     # Functionary models (their tokenizer names no format), off for Functionary models.
-    # The engine must have been started with `functionary.grammar.VLLM_LOGITS_PROCESSOR`.
     grammar_sampling: Optional[bool] = None
+    # How grammar sampling is enforced: "xgrammar" (a structural tag through vLLM's structured
+    # outputs; the engine's structured-outputs back end must be xgrammar or auto) or
+    # "lm-format-enforcer" (the engine must have been started with
+    # `functionary.grammar.VLLM_LOGITS_PROCESSOR`).
+    grammar_backend: str = XGRAMMAR
     # Seconds `/health` waits for the engine's health check.
     health_check_timeout: float = 10.0

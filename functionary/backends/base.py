@@ -8,6 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional, Protocol, Sequence, runtime_checkable
 
+# Grammar back ends: how an engine enforces `GenerationParams.constraint` (`--grammar-backend`).
+XGRAMMAR = "xgrammar"
+LM_FORMAT_ENFORCER = "lm-format-enforcer"
+GRAMMAR_BACKENDS = (XGRAMMAR, LM_FORMAT_ENFORCER)
+
 
 @dataclass
 class GenerationParams:
@@ -30,6 +35,9 @@ class GenerationParams:
     logprobs: Optional[int] = None
     # Serialisable constraint for grammar sampling (format version, tools, tool_choice), or None.
     constraint: Optional[dict[str, Any]] = None
+    # How the engine enforces `constraint`: "xgrammar" (a structural tag through the engine's
+    # structured outputs) or "lm-format-enforcer" (functionary's logits processor).
+    constraint_backend: str = XGRAMMAR
     extra: dict[str, Any] = field(default_factory=dict)
 
 

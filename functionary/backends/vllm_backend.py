@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence
 
-from functionary.backends.base import GenerationDelta, GenerationParams
+from functionary.backends.base import LM_FORMAT_ENFORCER, XGRAMMAR, GenerationDelta, GenerationParams
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -94,10 +94,18 @@ def to_sampling_params(params: GenerationParams) -> "SamplingParams":
 
     extra = dict(params.extra)
     extra_args = dict(extra.pop("extra_args", None) or {})
-    if params.constraint is not None:
-        extra_args[CONSTRAINT_KEY] = params.constraint
-
     so = extra.get("structured_outputs")
+    if params.constraint is not None:
+        if params.constraint_backend == XGRAMMAR:
+            if so is not None:
+                raise ValueError("structured_outputs cannot be combined with grammar sampling")
+            from functionary.grammar.structural_tag import structural_tag_json
+
+            so = {"structural_tag": structural_tag_json(params.constraint)}
+        elif params.constraint_backend == LM_FORMAT_ENFORCER:
+            extra_args[CONSTRAINT_KEY] = params.constraint
+        else:
+            raise ValueError(f"unknown grammar backend {params.constraint_backend!r}")
     if isinstance(so, dict):
         from vllm.sampling_params import StructuredOutputsParams
 

@@ -11,7 +11,8 @@ One generic description for every format (no per-version state machine):
 * after a body: the call closer (v3-llama3.1), another opener where more calls (or text) may
   follow, or a stop marker where the turn may end;
 * tool_choice: `none` no calls; `required` no text and no end before the first call; a named
-  choice only that function (the generation prefix opened it), no text; `auto` anything.
+  choice exactly one call of that function (the generation prefix opened it), no text; `auto`
+  anything.
   `parallel_tool_calls: false` allows one call.
 
 The generation prefix that ends the prompt is fed first, so the cursor starts where the model
@@ -76,7 +77,8 @@ class Grammar:
     # -- policy ---------------------------------------------------------------------------------
 
     def may_call(self, called: bool) -> bool:
-        if self.mode == "none" or (called and not self.spec.parallel):
+        # A named tool_choice asks for that one call (as OpenAI and vLLM answer it).
+        if self.mode == "none" or (called and (not self.spec.parallel or self.mode == "named")):
             return False
         return bool(self.call_names) or self.code_via_opener
 

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 import anyio
 
-from functionary.backends.base import Backend, GenerationParams
+from functionary.backends.base import GRAMMAR_BACKENDS, XGRAMMAR, Backend, GenerationParams
 from functionary.parsing.chunks import coalesce
 from functionary.parsing.events import TextDelta, ToolCallArgsDelta, ToolCallStart
 from functionary.parsing.stream import new_tool_call_id
@@ -244,6 +244,7 @@ class ChatService:
         max_n: int = DEFAULT_MAX_N,
         prompt_builder: Optional[PromptBuilder] = None,
         grammar_sampling: bool = False,
+        grammar_backend: str = XGRAMMAR,
     ) -> None:
         if not served_model_names:
             raise ValueError("at least one served model name is needed")
@@ -252,6 +253,9 @@ class ChatService:
         self.served_model_names = list(served_model_names)
         self.max_n = max_n
         self.grammar_sampling = grammar_sampling
+        if grammar_backend not in GRAMMAR_BACKENDS:
+            raise ValueError(f"unknown grammar backend {grammar_backend!r}; known: {', '.join(GRAMMAR_BACKENDS)}")
+        self.grammar_backend = grammar_backend
         self._build_prompt = prompt_builder or build_inference_prompt
         self._stop_cache: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
 
@@ -347,7 +351,13 @@ class ChatService:
                 f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens}).", param="min_tokens"
             )
 
+        constraint = self._constraint(built, request.parallel_tool_calls)
         stop_ids, stop_texts = self.split_stops(tuple(built.stop))
+        if constraint is not None and self.grammar_backend == XGRAMMAR:
+            # The structural tag ends the turn itself (after a stop marker only end-of-sequence
+            # may follow), while a textual stop string would also cut an argument string that
+            # happens to contain it: the engine gets only the user's stop strings.
+            stop_texts = []
         stops = list(dict.fromkeys([*request.stop_list, *stop_texts]))
         stop_token_ids = list(dict.fromkeys([*stop_ids, *(request.stop_token_ids or [])]))
         extra: dict[str, Any] = {}
@@ -367,7 +377,8 @@ class ChatService:
             ignore_eos=bool(request.ignore_eos),
             min_tokens=min_tokens,
             logprobs=None,
-            constraint=self._constraint(built, request.parallel_tool_calls),
+            constraint=constraint,
+            constraint_backend=self.grammar_backend,
             extra=extra,
         )
         return PreparedChat(
@@ -385,12 +396,24 @@ class ChatService:
         )
 
     def _constraint(self, built: Any, parallel_tool_calls: Optional[bool]) -> Optional[dict[str, Any]]:
-        """The grammar-sampling spec the engine's logits processor enforces (JSON only)."""
+        """The grammar-sampling spec the engine enforces (JSON only), or None: grammar sampling
+        is off, or the spec cannot be compiled (logged; the request runs unconstrained, as the
+        logits processor also does)."""
         if not self.grammar_sampling:
             return None
+        from functionary.grammar import GrammarError
         from functionary.grammar.spec import constraint_for_prompt
 
-        return constraint_for_prompt(self.template.version, built, parallel_tool_calls)
+        spec = constraint_for_prompt(self.template.version, built, parallel_tool_calls)
+        if self.grammar_backend == XGRAMMAR:
+            from functionary.grammar.structural_tag import structural_tag_json
+
+            try:
+                structural_tag_json(spec)  # compiled once per tool set (cached), checked here
+            except GrammarError as exc:
+                logger.warning("grammar sampling off for this request: %s", exc)
+                return None
+        return spec
 
     # ------------------------------------------------------------------ running
 
@@ -400,7 +423,7 @@ class ChatService:
         choices = [
             _Choice(
                 i,
-                self.template.stream_parser(prep.tool_choice),
+                self.template.stream_parser(prep.tool_choice, json_arguments=prep.params.constraint is not None),
                 legacy=prep.legacy_functions,
                 single_call=prep.single_call,
                 ids=ids,

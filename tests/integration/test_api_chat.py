@@ -320,7 +320,7 @@ async def test_stop_string_path_when_not_a_single_token(harness):
             return list(text)  # every character is a token
 
     fake = NoSpecialTokens(["Done.<|eot_id|>garbage"])
-    h = await harness(fake=fake)
+    h = await harness(fake=fake, grammar_sampling=False)
     result = await h.client.chat.completions.create(model=MODEL, messages=USER)
     params = fake.requests[-1].params
     assert "<|eot_id|>" in params.stop and "<|end_of_text|>" in params.stop
@@ -329,6 +329,34 @@ async def test_stop_string_path_when_not_a_single_token(harness):
     stream = await h.client.chat.completions.create(model=MODEL, messages=USER, stream=True)
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Done."
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "lm-format-enforcer"])
+async def test_stop_strings_under_grammar_sampling(harness, backend):
+    """A structural tag ends the turn itself: the format's stop strings (which would also cut an
+    argument string containing them) are not sent; the user's are. The logits processor keeps
+    markers out of arguments, so it keeps the stop strings."""
+
+    class NoSpecialTokens(FakeBackend):
+        def split(self, text: str) -> list[str]:
+            return list(text)
+
+    fake = NoSpecialTokens(["all\nDone.<|eot_id|>garbage"])
+    h = await harness(fake=fake, grammar_sampling=True, grammar_backend=backend)
+    result = await h.client.chat.completions.create(model=MODEL, messages=USER, stop=["END"], tools=TOOLS)
+    params = fake.requests[-1].params
+    assert params.constraint_backend == backend and params.constraint["tool_choice"] == "auto"
+    format_stops = {"<|eot_id|>", "<|end_of_text|>"}
+    if backend == "xgrammar":
+        assert params.stop == ["END"]
+    else:
+        assert set(params.stop) == format_stops | {"END"}
+    assert result.choices[0].message.content == "Done."  # the parser ends the turn at the marker
+
+
+async def test_grammar_backend_is_checked(harness):
+    with pytest.raises(ValueError, match="unknown grammar backend"):
+        await harness(grammar_sampling=True, grammar_backend="outlines")
 
 
 async def test_unknown_fields_are_ignored_and_logged(harness, caplog):

@@ -105,7 +105,8 @@ def turn_is_valid(version, choice, content, calls):
         return True
     if choice == "required":
         return bool(calls) and content is None
-    return bool(calls) and content is None and all(n == "get_weather" for n, _ in calls)
+    # A named choice: exactly one call of that function.
+    return len(calls) == 1 and content is None and calls[0][0] == "get_weather"
 
 
 def turn_cases():
@@ -219,6 +220,11 @@ def test_tool_choice_at_the_start(version):
     assert not named.can_end()
 
 
+def g_opens(version):
+    """Whether the `required` generation prefix already opened the call."""
+    return grammar(version, "required").prefix.endswith(FORMATS[version].syntax.call_open)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_stops_only_where_the_turn_may_end(version):
     s = FORMATS[version].syntax
@@ -235,8 +241,12 @@ def test_stops_only_where_the_turn_may_end(version):
         assert not c.can_end() and not c.allows(stop)
         c.feed(s.call_close)
     assert c.can_end() and c.allows(stop)
+    assert not c.allows(s.call_open)  # a named choice is one call
     if version != "v1":
-        assert c.allows(s.call_open + "get_weather")  # parallel calls
+        required = cursor(version, "required")
+        required.feed(("" if s.recipient_first or g_opens(version) else "\n" + s.call_open) + "get_weather"
+                      + s.name_end_written + '{"city": "x"}' + (s.call_close or ""))
+        assert required.allows(s.call_open + "get_weather")  # parallel calls
     c2 = cursor(version, "named", parallel_tool_calls=False)
     c2.feed('{"city": "x"}' + (s.call_close or ""))
     assert c2.allows(stop) and not c2.allows(s.call_open)
