@@ -42,6 +42,30 @@ TOOLS = [{
         }, "required": ["city"]},
     },
 }]
+
+
+def tool_set(n: int) -> list[dict]:
+    """`get_weather` and n - 1 more tools with varied schemas (what a 20-tool agent sends)."""
+    tools = list(TOOLS)
+    for i in range(1, n):
+        tools.append({"type": "function", "function": {
+            "name": f"tool_{i}_{['search', 'book', 'convert', 'lookup'][i % 4]}",
+            "description": f"Tool number {i}",
+            "parameters": {"type": "object", "properties": {
+                "query": {"type": "string", "maxLength": 20 + i},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 10 * i},
+                "mode": {"type": "string", "enum": ["fast", "exact", f"m{i}"]},
+                "filters": {"type": "array", "maxItems": 3, "items": {"type": "object", "properties": {
+                    "field": {"type": "string"}, "value": {"type": ["string", "number"]}}, "required": ["field"]}},
+            }, "required": ["query"] if i % 2 else ["query", "mode"]},
+        }})
+    return tools
+
+
+def tool_choice_value(choice: str) -> object:
+    return choice if choice in ("auto", "none", "required") else {"type": "function", "function": {"name": choice}}
+
+
 QUESTIONS = ["What is the weather in Paris?", "Is it raining in Lisbon?", "Tell me about the weather in Rome.",
              "Weather in Tokyo, in fahrenheit?"]
 
@@ -55,12 +79,22 @@ class Result:
     error: Optional[str] = None
 
 
-async def one_request(client: httpx.AsyncClient, base_url: str, model: str, i: int, max_tokens: int,
+@dataclass
+class Load:
+    """What every request of a run sends."""
+
+    max_tokens: int = 128
+    tools: int = 1
+    tool_choice: str = "auto"
+
+
+async def one_request(client: httpx.AsyncClient, base_url: str, model: str, i: int, load: Load,
                       api_key: str) -> Result:
     body = {
         "model": model, "stream": True, "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-        "tools": TOOLS, "tool_choice": "auto", "max_tokens": max_tokens, "temperature": 0.7, "seed": i,
+        "tools": tool_set(load.tools), "tool_choice": tool_choice_value(load.tool_choice),
+        "max_tokens": load.max_tokens, "temperature": 0.7, "seed": i,
         "ignore_eos": True,
     }
     result, start, last = Result(), time.perf_counter(), None
@@ -101,18 +135,19 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def run_load(base_url: str, concurrency: int, requests: int, max_tokens: int, api_key: str) -> dict:
+async def run_load(base_url: str, concurrency: int, requests: int, load: Load, api_key: str) -> dict:
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
         models = (await client.get(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"})).json()
         model = models["data"][0]["id"]
-        await one_request(client, base_url, model, 0, 8, api_key)  # warm-up
+        # Warm-up with the same tools: the first request of a tool set compiles its grammar.
+        cold = await one_request(client, base_url, model, 0, Load(8, load.tools, load.tool_choice), api_key)
         queue = list(range(requests))
         results: list[Result] = []
 
         async def worker() -> None:
             while queue:
                 i = queue.pop()
-                results.append(await one_request(client, base_url, model, i, max_tokens, api_key))
+                results.append(await one_request(client, base_url, model, i, load, api_key))
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -123,6 +158,7 @@ async def run_load(base_url: str, concurrency: int, requests: int, max_tokens: i
     itls = [x for r in ok for x in r.itls]
     return {
         "concurrency": concurrency, "requests": requests, "ok": len(ok), "errors": errors[:3],
+        "tools": load.tools, "cold_first_chunk_ms": 1000 * cold.first_chunk,
         "output_tok_s": tokens / elapsed if elapsed else 0.0,
         "first_chunk_p50_ms": 1000 * pct([r.first_chunk for r in ok], 0.5),
         "ttft_p50_ms": 1000 * pct([r.ttft for r in ok], 0.5), "ttft_p95_ms": 1000 * pct([r.ttft for r in ok], 0.95),
@@ -132,9 +168,10 @@ async def run_load(base_url: str, concurrency: int, requests: int, max_tokens: i
 
 
 def print_row(name: str, row: dict) -> None:
-    print(f"{name:>10} c={row['concurrency']:<3} ok={row['ok']}/{row['requests']} "
+    print(f"{name:>10} tools={row['tools']:<3} c={row['concurrency']:<3} ok={row['ok']}/{row['requests']} "
           f"tok/s={row['output_tok_s']:8.1f}  first chunk p50={row['first_chunk_p50_ms']:7.1f}ms  TTFT p50={row['ttft_p50_ms']:7.1f}ms p95={row['ttft_p95_ms']:7.1f}ms  "
-          f"ITL p50={row['itl_p50_ms']:6.1f}ms p95={row['itl_p95_ms']:6.1f}ms  tokens/req={row['mean_tokens']:.0f}"
+          f"ITL p50={row['itl_p50_ms']:6.1f}ms p95={row['itl_p95_ms']:6.1f}ms  tokens/req={row['mean_tokens']:.0f}  "
+          f"cold first chunk={row['cold_first_chunk_ms']:.0f}ms"
           + (f"  errors={row['errors']}" if row["errors"] else ""), flush=True)
 
 
@@ -171,8 +208,13 @@ def compare(args: argparse.Namespace) -> None:
               "--enforce-eager", "--max-model-len", "2048"]
     servers = {}
     if not args.skip_stock:
-        servers["vllm-stock"] = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
-                                 "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+        stock = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
+                 "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+        if not args.stock_own_template:
+            # The default model's own template drops the tools (a 37-token prompt against 220 for
+            # one tool): give the stock server our v3.llama3 template, so both prefill the same.
+            stock += ["--chat-template", str(ROOT / "prompts" / "v3.llama3.jinja")]
+        servers["vllm-stock"] = stock
     for variant in args.variant:
         name, _, flags = variant.partition("=")
         servers[name] = [sys.executable, str(ROOT / "server_vllm.py"), *engine,
@@ -191,25 +233,32 @@ def compare(args: argparse.Namespace) -> None:
                 wait_healthy(port, process)
                 print(f"{name}: healthy after {time.perf_counter() - started:.1f}s", flush=True)
                 table[name] = []
-                for concurrency in args.concurrency:
-                    row = asyncio.run(run_load(f"http://127.0.0.1:{port}/v1", concurrency,
-                                               max(args.requests, 2 * concurrency), args.max_tokens, "EMPTY"))
-                    print_row(name, row)
-                    table[name].append(row)
+                for tools in args.tools:
+                    for concurrency in args.concurrency:
+                        row = asyncio.run(run_load(f"http://127.0.0.1:{port}/v1", concurrency,
+                                                   max(args.requests, 2 * concurrency),
+                                                   Load(args.max_tokens, tools, args.tool_choice), "EMPTY"))
+                        print_row(name, row)
+                        table[name].append(row)
             except Exception:
                 log.flush()
                 print((Path(tmp) / "server.log").read_text()[-3000:], file=sys.stderr)
                 raise
             finally:
                 stop(process)
-    for name in table:
-        if name == "vllm-stock" or "vllm-stock" not in table:
-            continue
-        print(f"\nratios ({name} / stock vLLM):")
-        for ours, stock in zip(table[name], table["vllm-stock"]):
-            print(f"  c={ours['concurrency']:<3} throughput {ours['output_tok_s'] / stock['output_tok_s']:.2f}x   "
-                  f"TTFT p50 {ours['ttft_p50_ms'] - stock['ttft_p50_ms']:+.1f}ms   "
-                  f"ITL p50 {ours['itl_p50_ms'] / stock['itl_p50_ms']:.2f}x")
+    ours = [n for n in table if n != "vllm-stock"]
+    baselines = (["vllm-stock"] if "vllm-stock" in table else []) + ours[:1]
+    for base in baselines:
+        for name in ours:
+            if name == base:
+                continue
+            print(f"\nratios ({name} / {base}):")
+            for mine, theirs in zip(table[name], table[base]):
+                print(f"  tools={mine['tools']:<3} c={mine['concurrency']:<3} "
+                      f"throughput {mine['output_tok_s'] / theirs['output_tok_s']:.2f}x   "
+                      f"first chunk p50 {mine['first_chunk_p50_ms'] - theirs['first_chunk_p50_ms']:+.1f}ms   "
+                      f"TTFT p50 {mine['ttft_p50_ms'] - theirs['ttft_p50_ms']:+.1f}ms   "
+                      f"ITL p50 {mine['itl_p50_ms'] / theirs['itl_p50_ms']:.2f}x")
 
 
 def main() -> None:
@@ -222,21 +271,33 @@ def main() -> None:
     cmp_.add_argument("--model", default=None, help="model folder (default: the converted default model)")
     cmp_.add_argument("--port", type=int, default=8765)
     cmp_.add_argument("--skip-stock", action="store_true", help="run only our server's variants")
+    cmp_.add_argument("--stock-own-template", action="store_true",
+                      help="let the stock server use the model's own chat template (SmolLM2's ignores tools, "
+                           "so its prompts are far shorter than ours)")
     cmp_.add_argument("--variant", action="append", default=None,
-                      help='NAME=FLAGS for one run of our server (repeatable), e.g. '
-                           '"grammar-on=--enable-grammar-sampling"')
+                      help='NAME=FLAGS for one run of our server (repeatable); ratios are printed against '
+                           'stock vLLM and against the first variant. Default: grammar off, '
+                           'lm-format-enforcer, xgrammar')
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     for p in (run, cmp_):
-        p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
+        p.add_argument("--concurrency", type=ints, default=[1, 16])
         p.add_argument("--requests", type=int, default=8)
         p.add_argument("--max-tokens", type=int, default=128)
+        p.add_argument("--tools", type=ints, default=[1], help="tools per request, e.g. 1,20 (default: 1)")
+        p.add_argument("--tool-choice", default="auto", help="auto | required | none | a function name")
     args = parser.parse_args()
     if args.command == "run":
-        for concurrency in args.concurrency:
-            print_row("server", asyncio.run(run_load(args.base_url, concurrency, max(args.requests, 2 * concurrency),
-                                                     args.max_tokens, args.api_key)))
+        for tools in args.tools:
+            for concurrency in args.concurrency:
+                print_row("server", asyncio.run(run_load(
+                    args.base_url, concurrency, max(args.requests, 2 * concurrency),
+                    Load(args.max_tokens, tools, args.tool_choice), args.api_key)))
     else:
-        args.variant = args.variant or ["functionary=--no-enable-grammar-sampling",
-                                        "functionary+grammar=--enable-grammar-sampling"]
+        args.variant = args.variant or [
+            "grammar-off=--no-enable-grammar-sampling",
+            "lm-format-enforcer=--enable-grammar-sampling --grammar-backend lm-format-enforcer",
+            "xgrammar=--enable-grammar-sampling --grammar-backend xgrammar",
+        ]
         compare(args)
 
 
