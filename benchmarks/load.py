@@ -204,8 +204,9 @@ def compare(args: argparse.Namespace) -> None:
     from functionary.backends.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 
     model_dir = args.model or str(ensure_default_model())
+    # Our server's CPU defaults, given to both servers explicitly (same engine settings).
     engine = ["--model", model_dir, "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16",
-              "--enforce-eager", "--max-model-len", "2048"]
+              "--enforce-eager", "--max-model-len", "2048", "--block-size", "32"]
     servers = {}
     if not args.skip_stock:
         stock = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,

@@ -20,7 +20,8 @@ the user set them; `engine_args_from_cli` then fills them:
   ``SmolLM2-135M-Instruct`` unless ``--served-model-name`` says otherwise, with
   ``max_model_len`` 2048.
 * on the CPU platform: ``enforce_eager`` (torch.compile costs 60-110 s of start-up for at most
-  1.3x), ``dtype bfloat16`` and a bounded KV cache (1 GiB unless ``--kv-cache-memory-bytes``,
+  1.3x), ``dtype bfloat16``, ``block_size 32`` (prompts with tools share long prefixes; see
+  `CPU_DEFAULT_BLOCK_SIZE`) and a bounded KV cache (1 GiB unless ``--kv-cache-memory-bytes``,
   ``--gpu-memory-utilization`` or ``VLLM_CPU_KVCACHE_SPACE`` is given; vLLM would otherwise
   reserve ~90 % of the RAM).
 * elsewhere vLLM's own defaults apply.
@@ -43,6 +44,11 @@ GiB = 1 << 30
 CPU_DEFAULT_KV_CACHE_BYTES = 1 * GiB
 DEFAULT_MODEL_MAX_MODEL_LEN = 2048
 CPU_DEFAULT_DTYPE = "bfloat16"
+# vLLM's CPU default is 128-token KV blocks, and prefix caching reuses whole blocks only: with
+# one tool the 220-token prompts of two requests share 128 cached tokens at 128, 192 at 32
+# (measured at 16 streams: prefix-cache hits 57 % -> 84 %, first chunk p50 520 -> 220 ms,
+# +3 % tok/s). 32 is the smallest size the CPU attention backend takes.
+CPU_DEFAULT_BLOCK_SIZE = 32
 
 # Flags whose parser default becomes None ("not given"), resolved by engine_args_from_cli.
 _UNSET_DESTS = (
@@ -120,6 +126,8 @@ def apply_cpu_defaults(
             engine_args.enforce_eager = True
         if "dtype" not in explicit:
             engine_args.dtype = CPU_DEFAULT_DTYPE
+        if "block_size" not in explicit and engine_args.block_size is None:
+            engine_args.block_size = CPU_DEFAULT_BLOCK_SIZE
         kv_given = (
             {"kv_cache_memory_bytes", "gpu_memory_utilization"} & explicit
             or os.environ.get("VLLM_CPU_KVCACHE_SPACE", "") != ""

@@ -42,7 +42,14 @@ def render_namespace(functions: Iterable[Mapping[str, Any]], namespace: str = "f
 
 
 def resolve_refs(schema: Mapping[str, Any]) -> dict:
-    """Inline every local `$ref` (JSON pointers relative to `schema`); sibling keys of a $ref are dropped."""
+    """Inline every local `$ref` (JSON pointers relative to `schema`); sibling keys of a $ref are dropped.
+    Returns a copy."""
+    try:
+        text = json.dumps(schema)
+    except (TypeError, ValueError):
+        text = None
+    if text is not None and '"$ref"' not in text:
+        return json.loads(text)  # nothing to inline; a JSON round trip copies fastest
     try:
         resolved = jsonref.replace_refs(copy.deepcopy(dict(schema)), proxies=False, lazy_load=False)
         # A recursive schema cannot be written out as a finite type; json.dumps detects the cycle.

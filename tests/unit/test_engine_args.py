@@ -1,0 +1,41 @@
+"""Our engine defaults: filled only where the user gave nothing (vLLM's own parser and fields)."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from functionary.backends.engine_args import (  # noqa: E402
+    CPU_DEFAULT_BLOCK_SIZE, CPU_DEFAULT_DTYPE, CPU_DEFAULT_KV_CACHE_BYTES, apply_cpu_defaults, make_arg_parser,
+)
+
+
+def parsed(*argv):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = make_arg_parser().parse_args(["--model", "/nonexistent", *argv])
+    given = {k for k in ("dtype", "enforce_eager", "kv_cache_memory_bytes") if getattr(args, k) is not None}
+    values = {k: v for k, v in vars(args).items() if k in AsyncEngineArgs.__dataclass_fields__ and v is not None}
+    return AsyncEngineArgs(**values), given
+
+
+def test_cpu_defaults_fill_what_was_not_given(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    engine, given = parsed()
+    apply_cpu_defaults(engine, given, on_cpu=True)
+    assert engine.enforce_eager is True and engine.dtype == CPU_DEFAULT_DTYPE
+    assert engine.block_size == CPU_DEFAULT_BLOCK_SIZE == 32
+    assert engine.kv_cache_memory_bytes == CPU_DEFAULT_KV_CACHE_BYTES
+
+
+def test_the_users_flags_win(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    engine, given = parsed("--block-size", "128", "--dtype", "float32", "--kv-cache-memory-bytes", "12345")
+    apply_cpu_defaults(engine, given, on_cpu=True)
+    assert (engine.block_size, engine.dtype, engine.kv_cache_memory_bytes) == (128, "float32", 12345)
+
+
+def test_no_cpu_defaults_elsewhere():
+    engine, given = parsed()
+    apply_cpu_defaults(engine, given, on_cpu=False)
+    assert engine.block_size is None and engine.kv_cache_memory_bytes is None
