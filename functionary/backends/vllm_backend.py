@@ -24,12 +24,14 @@ vLLM is imported lazily: importing this module does not import vllm.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import queue
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence
 
@@ -45,6 +47,7 @@ IN_PROCESS_ENV = "FUNCTIONARY_VLLM_IN_PROCESS"
 CONSTRAINT_KEY = "functionary_constraint"
 HEALTH_TIMEOUT_S = 30.0
 GIL_SWITCH_INTERVAL_S = 0.0005
+GRAMMAR_WAIT_S = 0.005
 
 _INSTALL_HINT = (
     "The vLLM backend needs vLLM: `pip install 'functionary[cpu]'` on machines without a GPU "
@@ -178,6 +181,30 @@ class _Sink:
     queue: "asyncio.Queue[Any]" = field(default_factory=asyncio.Queue)
 
 
+def _await_grammars(scheduler: Any, budget_s: float) -> None:
+    """Give new requests' grammars a moment to be ready before the next step.
+
+    vLLM compiles a request's grammar on a thread pool, even when it is cached, and a request
+    whose grammar is not ready when the scheduler runs waits a whole step (15-40 ms here). A
+    cached grammar is ready within a millisecond once this thread lets go of the GIL, so wait
+    for pending ones, but never longer than `budget_s` (a cold compile takes longer: the
+    request then waits as usual, without holding up the running ones).
+    """
+    deadline = time.monotonic() + budget_s
+    try:
+        pending = [r.structured_output_request._grammar for r in scheduler.waiting
+                   if r.structured_output_request is not None]
+    except AttributeError:  # vLLM's internals moved: just step
+        return
+    for grammar in pending:
+        if isinstance(grammar, concurrent.futures.Future) and not grammar.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(Exception):  # errors surface through vLLM itself
+                grammar.result(timeout=left)
+
+
 class _InprocEngine:
     """vLLM's LLMEngine with the engine core in this process, owned by one thread.
 
@@ -272,6 +299,8 @@ class _InprocEngine:
                         )
                         return
                     self._handle(cmd)
+                if any(c[0] == "add" and getattr(c[3], "structured_outputs", None) is not None for c in cmds):
+                    _await_grammars(scheduler, GRAMMAR_WAIT_S)
                 if has_work():
                     outputs = engine.step()
                     if outputs:
