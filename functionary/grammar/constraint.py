@@ -21,10 +21,10 @@ continues. `compile_constraint` caches compiled grammars by the spec's digest.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from typing import Any, Mapping, Union
 
 from ..parsing.syntax import OutputSyntax
+from .cache import LRUCache
 from .errors import GrammarError, GrammarViolation
 from .json_args import ArgsCtx, ArgsState
 from .markers import Marker
@@ -261,27 +261,14 @@ class Cursor:
         return Cursor(self.state, self.text)
 
 
-_CACHE: "OrderedDict[str, Grammar]" = OrderedDict()
-_CACHE_SIZE = 256
-_CACHE_LOCK = threading.Lock()
+_CACHE: "LRUCache[Grammar]" = LRUCache(256)
 
 
 def compile_constraint(spec: Union[ConstraintSpec, Mapping[str, Any]]) -> Grammar:
     """The compiled grammar for a spec (JSON or `ConstraintSpec`), cached by its digest."""
     spec = parse_spec(spec)
-    with _CACHE_LOCK:
-        grammar = _CACHE.get(spec.digest)
-        if grammar is not None:
-            _CACHE.move_to_end(spec.digest)
-            return grammar
-    grammar = Grammar(spec)
-    with _CACHE_LOCK:
-        _CACHE[spec.digest] = grammar
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return grammar
+    return _CACHE.get(spec.digest, lambda: Grammar(spec))
 
 
 def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()

@@ -18,10 +18,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import threading
 from collections import OrderedDict
 from typing import Any, Mapping, Optional, Union
 
+from .cache import LRUCache
 from .constraint import Grammar, compile_constraint
 from .errors import GrammarError
 from .json_args import ANY_OBJECT, MAX_CONSECUTIVE_WHITESPACE, NO_PARAMETERS, ArgsState
@@ -274,47 +274,27 @@ def _emit(e: Expr) -> dict:
     raise AssertionError(kind)
 
 
-_CACHE: "OrderedDict[str, dict]" = OrderedDict()
-_CACHE_SIZE = 256
-_CACHE_LOCK = threading.Lock()
+# spec digest -> (the tag, its JSON text)
+_CACHE: "LRUCache[tuple[dict, str]]" = LRUCache(256)
+
+
+def _compiled(spec: Union[ConstraintSpec, Mapping[str, Any]]) -> tuple[dict, str]:
+    spec = parse_spec(spec)
+
+    def build() -> tuple[dict, str]:
+        tag = {"type": "structural_tag", "format": _emit(_expression(compile_constraint(spec)))}
+        return tag, json.dumps(tag, ensure_ascii=False)
+
+    return _CACHE.get(spec.digest, build)
 
 
 def structural_tag(spec: Union[ConstraintSpec, Mapping[str, Any]]) -> dict:
     """The xgrammar structural tag (``{"type": "structural_tag", "format": ...}``) that admits
     exactly the outputs the constraint `spec` admits after its generation prefix. Cached by the
     spec's digest; do not mutate the result. Raises `GrammarError` for an invalid spec."""
-    spec = parse_spec(spec)
-    with _CACHE_LOCK:
-        tag = _CACHE.get(spec.digest)
-        if tag is not None:
-            _CACHE.move_to_end(spec.digest)
-            return tag
-    tag = {"type": "structural_tag", "format": _emit(_expression(compile_constraint(spec)))}
-    with _CACHE_LOCK:
-        _CACHE[spec.digest] = tag
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return tag
+    return _compiled(spec)[0]
 
 
 def structural_tag_json(spec: Union[ConstraintSpec, Mapping[str, Any]]) -> str:
     """`structural_tag` as the string vLLM's `StructuredOutputsParams(structural_tag=...)` takes."""
-    spec = parse_spec(spec)
-    return _json_cached(spec.digest, spec)
-
-
-_JSON: "OrderedDict[str, str]" = OrderedDict()
-
-
-def _json_cached(digest: str, spec: ConstraintSpec) -> str:
-    with _CACHE_LOCK:
-        text = _JSON.get(digest)
-        if text is not None:
-            _JSON.move_to_end(digest)
-            return text
-    text = json.dumps(structural_tag(spec), ensure_ascii=False)
-    with _CACHE_LOCK:
-        _JSON[digest] = text
-        while len(_JSON) > _CACHE_SIZE:
-            _JSON.popitem(last=False)
-    return text
+    return _compiled(spec)[1]

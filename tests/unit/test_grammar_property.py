@@ -235,16 +235,22 @@ FIXED_TOOLS = [
 ]
 
 
-@pytest.mark.parametrize("which", ["format", "default"])
-@pytest.mark.parametrize("version", VERSIONS)
-def test_seeded_walks_produce_and_validate_calls(version, which):
-    """Deterministic sweep: the walks really produce complete, valid calls in every mode."""
+def seeded_sweep(walk, version, which, seed, json_arguments=False):
+    """Deterministic sweep over every tool_choice with `FIXED_TOOLS`: `walk(name, spec, rng,
+    max_steps)` -> (text, cursor, grammar). Returns the number of complete calls validated."""
     name = version if which == "format" else "default"
-    rng = random.Random(f"{version}-{which}")
+    rng = random.Random(f"{seed}-{version}-{which}")
     checked = 0
     for choice in ("auto", "required", {"type": "function", "function": {"name": "get_weather"}}, "none"):
         for _ in range(8):
             spec = {"version": version, "tools": FIXED_TOOLS, "tool_choice": choice}
-            text, cur, g = random_walk(name, spec, rng, 250)
-            checked += check_output(spec, g, text, cur)
-    assert checked >= 8
+            text, cur, g = walk(name, spec, rng, 250)
+            checked += check_output(spec, g, text, cur, json_arguments=json_arguments)
+    return checked
+
+
+@pytest.mark.parametrize("which", ["format", "default"])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_seeded_walks_produce_and_validate_calls(version, which):
+    """The walks really produce complete, valid calls in every mode."""
+    assert seeded_sweep(random_walk, version, which, "lm-format-enforcer") >= 8

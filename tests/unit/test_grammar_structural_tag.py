@@ -22,7 +22,7 @@ from functionary.grammar import GrammarError, compile_constraint  # noqa: E402
 from functionary.grammar.structural_tag import structural_tag, structural_tag_json  # noqa: E402
 from functionary.prompt_template.formats import FORMATS  # noqa: E402
 from tests.unit.test_grammar_property import (  # noqa: E402
-    FIXED_TOOLS, check_output, marker_pieces, requests, tokenizer,
+    check_output, marker_pieces, requests, seeded_sweep, tokenizer,
 )
 
 VERSIONS = tuple(FORMATS)
@@ -127,16 +127,8 @@ def test_random_walks_give_valid_calls(spec, which, seed, max_steps):
 @pytest.mark.parametrize("which", ["format", "default"])
 @pytest.mark.parametrize("version", VERSIONS)
 def test_seeded_walks_produce_and_validate_calls(version, which):
-    """Deterministic sweep: the walks really produce complete, valid calls in every mode."""
-    name = version if which == "format" else "default"
-    rng = random.Random(f"xgrammar-{version}-{which}")
-    checked = 0
-    for choice in ("auto", "required", {"type": "function", "function": {"name": "get_weather"}}, "none"):
-        for _ in range(8):
-            spec = {"version": version, "tools": FIXED_TOOLS, "tool_choice": choice}
-            text, walk, g = xgrammar_walk(name, spec, rng, 250)
-            checked += check_output(spec, g, text, walk, json_arguments=True)
-    assert checked >= 8
+    """The walks really produce complete, valid calls in every mode."""
+    assert seeded_sweep(xgrammar_walk, version, which, "xgrammar", json_arguments=True) >= 8
 
 
 # -- exactly what the tag admits (v3.llama3 and v3-llama3.1 on the default tokenizer) ------------
