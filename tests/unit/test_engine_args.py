@@ -39,3 +39,21 @@ def test_no_cpu_defaults_elsewhere():
     engine, given = parsed()
     apply_cpu_defaults(engine, given, on_cpu=False)
     assert engine.block_size is None and engine.kv_cache_memory_bytes is None
+
+
+def test_grammar_backend_configures_the_engine():
+    import server_vllm
+    from functionary.grammar import VLLM_LOGITS_PROCESSOR
+
+    args = server_vllm.build_parser().parse_args(["--model", "/nonexistent"])
+    assert args.grammar_backend == "xgrammar"
+    engine, _ = parsed()
+    server_vllm.configure_grammar_backend(engine, "xgrammar")
+    assert engine.structured_outputs_config.backend == "xgrammar" and not engine.logits_processors
+    engine, _ = parsed()
+    server_vllm.configure_grammar_backend(engine, "lm-format-enforcer")
+    assert engine.logits_processors == [VLLM_LOGITS_PROCESSOR]
+    # xgrammar structural tags need vLLM's xgrammar back end: another one is refused at start.
+    engine, _ = parsed("--structured-outputs-config.backend", "guidance")
+    with pytest.raises(SystemExit, match="needs vLLM's structured outputs on xgrammar"):
+        server_vllm.configure_grammar_backend(engine, "xgrammar")
