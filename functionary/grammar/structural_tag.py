@@ -146,7 +146,7 @@ def _node(state: Any) -> Any:
 
 
 def _edges(grammar: Grammar, state: Any) -> list[tuple[Expr, Any]]:
-    """(expression, next state) for each way out of `state`'s region; next None: the end."""
+    """(expression, next state) for each way out of `state`'s region; DONE is the end."""
     if isinstance(state, TextState):
         ctx = state.ctx
         markers = ctx.mset.markers
