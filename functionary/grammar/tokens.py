@@ -17,10 +17,11 @@ import codecs
 import re
 import threading
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .cache import LRUCache
 from .errors import GrammarViolation
 from .states import DONE
 
@@ -201,7 +202,7 @@ class TokenizerIndex:
         self._free: dict[frozenset, tuple[_FreeIndex, np.ndarray]] = {}
         self._sub: dict[tuple, _FreeIndex] = {}
         self._specials: dict[tuple, tuple] = {}
-        self._cache: "OrderedDict[Any, np.ndarray]" = OrderedDict()
+        self._masks: "LRUCache[np.ndarray]" = LRUCache(MASK_CACHE_SIZE)
         self._lock = threading.RLock()
 
     # -- construction from a Hugging Face tokenizer ---------------------------------------------
@@ -280,29 +281,25 @@ class TokenizerIndex:
         if state is DONE:
             return self.eos_mask
         k = state.key()
-        key = None if k is None else ("mask", k, pending)
-        if key is not None:
-            with self._lock:
-                hit = self._cache.get(key)
-                if hit is not None:
-                    self._cache.move_to_end(key)
-                    return hit
-        m = self._compute(state, pending, specials)
-        if key is not None:
-            self._store(key, m)
-        return m
+        return self._cached(None if k is None else ("mask", k, pending),
+                            lambda: self._compute(state, pending, specials))
 
     @staticmethod
     def is_cached(mask: np.ndarray) -> bool:
         """Whether `mask` is a shared cached array (read-only; safe to key by identity)."""
         return not mask.flags.writeable
 
-    def _store(self, key: Any, value: np.ndarray) -> None:
-        value.flags.writeable = False
-        with self._lock:
-            self._cache[key] = value
-            while len(self._cache) > MASK_CACHE_SIZE:
-                self._cache.popitem(last=False)
+    def _cached(self, key: Any, build: Callable[[], np.ndarray]) -> np.ndarray:
+        """`build()`, cached (read-only) under `key`; uncached (and writeable) when key is None."""
+        if key is None:
+            return build()
+
+        def frozen() -> np.ndarray:
+            m = build()
+            m.flags.writeable = False
+            return m
+
+        return self._masks.get(key, frozen)
 
     def _compute(self, state: Any, pending: bytes, specials: Sequence[tuple]) -> np.ndarray:
         acc = _Acc()
@@ -327,13 +324,9 @@ class TokenizerIndex:
     def _free_mask(self, state: Any, fi: Any) -> np.ndarray:
         """Tokens a free state (no partial marker pending) accepts. Cached when `state` has a key."""
         k = state.key()
-        key = None if k is None else ("free", k, fi.max_len)
-        if key is not None:
-            with self._lock:
-                hit = self._cache.get(key)
-                if hit is not None:
-                    self._cache.move_to_end(key)
-                    return hit
+        return self._cached(None if k is None else ("free", k, fi.max_len), lambda: self._build_free_mask(state, fi))
+
+    def _build_free_mask(self, state: Any, fi: Any) -> np.ndarray:
         entry = self._free.get(fi.interesting)
         if entry is None:
             with self._lock:
@@ -353,8 +346,6 @@ class TokenizerIndex:
         acc = _Acc()
         self._walk(fx.root, state, b"", acc, bounded)
         acc.mark(m)
-        if key is not None:
-            self._store(key, m)
         return m
 
     def _sub_index(self, node: Node, interesting: frozenset) -> _FreeIndex:
