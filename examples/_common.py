@@ -1,11 +1,14 @@
-"""Shared command line for the examples: where the server is and which model to ask."""
+"""Shared by the examples: the command line (where the server is, which model) and printing a
+conversation run by `ChatRunner`, streamed or not."""
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from openai import AsyncOpenAI
+
+from functionary.client import TextDelta, ToolCallDone, ToolCallStarted
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -26,3 +29,26 @@ async def connect(args: argparse.Namespace) -> tuple[AsyncOpenAI, str]:
         models = await client.models.list()
         model = models.data[0].id
     return client, model
+
+
+async def converse(runner: Any, question: str, stream: bool, call: Callable[[Any], str],
+                   result: Callable[[Any], str]) -> Any:
+    """Ask `question`, print the calls (`call(started event)`), their results (`result(tool
+    result)`) and the answer; returns the run's result (None when streamed)."""
+    messages = [{"role": "user", "content": question}]
+    print(f"user: {question}")
+    if stream:
+        async for event in runner.stream(messages):
+            if isinstance(event, TextDelta):
+                print(event.text, end="", flush=True)
+            elif isinstance(event, ToolCallStarted):
+                print(f"\n-> {call(event)}")
+            elif isinstance(event, ToolCallDone):
+                print(f"<- {result(event.result)}")
+        print()
+        return None
+    done = await runner.run(messages)
+    for r in done.tool_results:
+        print(f"-> {call(r)}\n<- {result(r)}")
+    print(f"assistant: {done.content}")
+    return done

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from _common import connect, parser
+from _common import connect, converse, parser
 
-from functionary.client import ChatRunner, TextDelta, ToolCallDone, ToolCallStarted, tool
+from functionary.client import ChatRunner, tool
 
 PRICES = {"tang": 20000, "song": 25000}
 
@@ -39,23 +39,9 @@ async def main() -> None:
     choice = {"type": "function", "function": {"name": "get_car_price"}} if args.force else None
     runner = ChatRunner(client, model=model, tools=[get_car_price], tool_choice=choice, max_rounds=4,
                         temperature=0.0)
-    messages = [{"role": "user", "content": QUESTION}]
-    print(f"user: {QUESTION}")
-    if args.stream:
-        async for event in runner.stream(messages):
-            if isinstance(event, TextDelta):
-                print(event.text, end="", flush=True)
-            elif isinstance(event, ToolCallStarted):
-                print(f"\n-> {event.name}({event.arguments})")
-            elif isinstance(event, ToolCallDone):
-                print(f"<- {event.result.content}")
-        print()
-    else:
-        result = await runner.run(messages)
-        for r in result.tool_results:
-            print(f"-> {r.name}({r.arguments})\n<- {r.content}")
-        print(f"assistant: {result.content}")
-        print(f"({result.rounds} requests, stop: {result.stop_reason})")
+    done = await converse(runner, QUESTION, args.stream, lambda c: f"{c.name}({c.arguments})", lambda r: r.content)
+    if done is not None:
+        print(f"({done.rounds} requests, stop: {done.stop_reason})")
     await client.close()
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from _common import connect, parser
+from _common import connect, converse, parser
 
-from functionary.client import ChatRunner, TextDelta, ToolCallDone, ToolCallStarted
+from functionary.client import ChatRunner
 from functionary.sandbox import Sandbox
 
 SALES = "month,units\nJan,120\nFeb,135\nMar,160\nApr,150\n"
 QUESTION = "Using Python, read /mnt/data/sales.csv and tell me the average number of units sold per month."
+
+
+# Per answer: a small model may write code until the context is full, and every round sends it back.
+MAX_TOKENS = 256
 
 
 async def main() -> None:
@@ -28,23 +32,9 @@ async def main() -> None:
     client, model = await connect(args)
     async with Sandbox(timeout=args.timeout) as sandbox:
         (sandbox.working_dir / "sales.csv").write_text(SALES)
-        runner = ChatRunner(client, model=model, code_interpreter=sandbox, max_rounds=5, temperature=0.0)
-        messages = [{"role": "user", "content": args.question}]
-        print(f"user: {args.question}")
-        if args.stream:
-            async for event in runner.stream(messages):
-                if isinstance(event, TextDelta):
-                    print(event.text, end="", flush=True)
-                elif isinstance(event, ToolCallStarted):
-                    print(f"\n-> {event.name}:\n{event.arguments}")
-                elif isinstance(event, ToolCallDone):
-                    print(f"<- {event.result.content}")
-            print()
-        else:
-            result = await runner.run(messages)
-            for r in result.tool_results:
-                print(f"-> {r.name}:\n{r.arguments}\n<- {r.content}")
-            print(f"assistant: {result.content}")
+        runner = ChatRunner(client, model=model, code_interpreter=sandbox, max_rounds=5, temperature=0.0,
+                            max_tokens=MAX_TOKENS)
+        await converse(runner, args.question, args.stream, lambda c: f"{c.name}:\n{c.arguments}", lambda r: r.content)
     await client.close()
 
 

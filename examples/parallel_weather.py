@@ -8,9 +8,9 @@ import asyncio
 import time
 from typing import Literal
 
-from _common import connect, parser
+from _common import connect, converse, parser
 
-from functionary.client import ChatRunner, TextDelta, ToolCallDone, ToolCallStarted, Toolbox
+from functionary.client import ChatRunner, Toolbox
 
 toolbox = Toolbox()
 FAKE_WEATHER = {"paris": (18, "cloudy"), "tokyo": (24, "sunny"), "new york": (12, "rain")}
@@ -37,23 +37,10 @@ async def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     client, model = await connect(args)
     runner = ChatRunner(client, model=model, tools=toolbox, max_rounds=4, temperature=0.0)
-    messages = [{"role": "user", "content": QUESTION}]
-    print(f"user: {QUESTION}")
     started = time.perf_counter()
-    if args.stream:
-        async for event in runner.stream(messages):
-            if isinstance(event, TextDelta):
-                print(event.text, end="", flush=True)
-            elif isinstance(event, ToolCallStarted):
-                print(f"\n-> [{event.tool_call_id}] {event.name}({event.arguments})")
-            elif isinstance(event, ToolCallDone):
-                print(f"<- [{event.result.tool_call_id}] {event.result.content} ({event.result.seconds:.1f} s)")
-        print()
-    else:
-        result = await runner.run(messages)
-        for r in result.tool_results:
-            print(f"-> [{r.tool_call_id}] {r.name}({r.arguments})\n<- {r.content} ({r.seconds:.1f} s)")
-        print(f"assistant: {result.content}")
+    await converse(runner, QUESTION, args.stream,
+                   lambda c: f"[{c.tool_call_id}] {c.name}({c.arguments})",
+                   lambda r: f"[{r.tool_call_id}] {r.content} ({r.seconds:.1f} s)")
     print(f"total {time.perf_counter() - started:.1f} s (each call sleeps 1 s; parallel calls overlap)")
     await client.close()
 
