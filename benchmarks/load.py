@@ -76,6 +76,8 @@ class Result:
     first_chunk: float = 0.0  # first chunk of any kind (our server sends the role at the first token)
     itls: list[float] = field(default_factory=list)
     completion_tokens: int = 0
+    prompt_tokens: int = 0
+    question: int = 0
     error: Optional[str] = None
 
 
@@ -97,7 +99,7 @@ async def one_request(client: httpx.AsyncClient, base_url: str, model: str, i: i
         "max_tokens": load.max_tokens, "temperature": 0.7, "seed": i,
         "ignore_eos": True,
     }
-    result, start, last = Result(), time.perf_counter(), None
+    result, start, last = Result(question=i % len(QUESTIONS)), time.perf_counter(), None
     try:
         async with client.stream("POST", f"{base_url}/chat/completions", json=body,
                                  headers={"Authorization": f"Bearer {api_key}"}) as response:
@@ -110,6 +112,7 @@ async def one_request(client: httpx.AsyncClient, base_url: str, model: str, i: i
                 chunk = json.loads(line[6:])
                 if chunk.get("usage"):
                     result.completion_tokens = chunk["usage"]["completion_tokens"]
+                    result.prompt_tokens = chunk["usage"]["prompt_tokens"]
                 if not chunk.get("choices"):
                     continue
                 if not result.first_chunk:
@@ -164,6 +167,8 @@ async def run_load(base_url: str, concurrency: int, requests: int, load: Load, a
         "ttft_p50_ms": 1000 * pct([r.ttft for r in ok], 0.5), "ttft_p95_ms": 1000 * pct([r.ttft for r in ok], 0.95),
         "itl_p50_ms": 1000 * pct(itls, 0.5), "itl_p95_ms": 1000 * pct(itls, 0.95),
         "mean_tokens": tokens / len(ok) if ok else 0,
+        # Per question: prompt lengths must agree between servers for a fair comparison.
+        "prompt_tokens": sorted({(r.question, r.prompt_tokens) for r in ok}),
     }
 
 
@@ -199,6 +204,47 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def stock_chat_template(directory: str) -> str:
+    """Our v3.llama3 Jinja template for the stock server, minus its leading `bos_token`.
+
+    The Jinja template starts with `bos_token` (for HF `apply_chat_template`), while our server
+    renders in Python and lets the tokenizer add BOS, as the reference server does. SmolLM2's
+    tokenizer adds none, so with the template as it is the stock server's prompts would be one
+    token longer, which moves every prompt across a KV-block boundary differently.
+    """
+    path = Path(directory) / "v3.llama3.no-bos.jinja"
+    path.write_text("{%- set bos_token = '' -%}\n" + (ROOT / "prompts" / "v3.llama3.jinja").read_text())
+    return str(path)
+
+
+def serve_and_load(name: str, command: list[str], env: dict, args: argparse.Namespace) -> list[dict]:
+    """Start one server, run every (tools, concurrency) load against it, stop it."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open(Path(tmp) / "server.log", "w")
+        started = time.perf_counter()
+        process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(args.port)], cwd=ROOT,
+                                   env={**env, "TMPDIR": tmp}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            wait_healthy(args.port, process)
+            print(f"{name}: healthy after {time.perf_counter() - started:.1f}s", flush=True)
+            for tools in args.tools:
+                for concurrency in args.concurrency:
+                    row = asyncio.run(run_load(f"http://127.0.0.1:{args.port}/v1", concurrency,
+                                               max(args.requests, 2 * concurrency),
+                                               Load(args.max_tokens, tools, args.tool_choice), "EMPTY"))
+                    print_row(name, row)
+                    rows.append(row)
+        except Exception:
+            log.flush()
+            print((Path(tmp) / "server.log").read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            stop(process)
+    return rows
+
+
 def compare(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     from functionary.backends.default_model import DEFAULT_MODEL_NAME, ensure_default_model
@@ -207,6 +253,7 @@ def compare(args: argparse.Namespace) -> None:
     # Our server's CPU defaults, given to both servers explicitly (same engine settings).
     engine = ["--model", model_dir, "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16",
               "--enforce-eager", "--max-model-len", "2048", "--block-size", "32"]
+    templates = tempfile.TemporaryDirectory()
     servers = {}
     if not args.skip_stock:
         stock = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
@@ -214,52 +261,45 @@ def compare(args: argparse.Namespace) -> None:
         if not args.stock_own_template:
             # The default model's own template drops the tools (a 37-token prompt against 220 for
             # one tool): give the stock server our v3.llama3 template, so both prefill the same.
-            stock += ["--chat-template", str(ROOT / "prompts" / "v3.llama3.jinja")]
+            stock += ["--chat-template", stock_chat_template(templates.name)]
         servers["vllm-stock"] = stock
     for variant in args.variant:
         name, _, flags = variant.partition("=")
         servers[name] = [sys.executable, str(ROOT / "server_vllm.py"), *engine,
                          "--prompt-template-version", "v3.llama3", *flags.split()]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    table: dict[str, list[dict]] = {}
-    for name, command in servers.items():
-        port = args.port
-        with tempfile.TemporaryDirectory() as tmp:
-            log = open(Path(tmp) / "server.log", "w")
-            started = time.perf_counter()
-            process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                                       env={**env, "TMPDIR": tmp}, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-            try:
-                wait_healthy(port, process)
-                print(f"{name}: healthy after {time.perf_counter() - started:.1f}s", flush=True)
-                table[name] = []
-                for tools in args.tools:
-                    for concurrency in args.concurrency:
-                        row = asyncio.run(run_load(f"http://127.0.0.1:{port}/v1", concurrency,
-                                                   max(args.requests, 2 * concurrency),
-                                                   Load(args.max_tokens, tools, args.tool_choice), "EMPTY"))
-                        print_row(name, row)
-                        table[name].append(row)
-            except Exception:
-                log.flush()
-                print((Path(tmp) / "server.log").read_text()[-3000:], file=sys.stderr)
-                raise
-            finally:
-                stop(process)
+    # Rounds alternate the servers (A B C A B C ...): this machine's speed drifts by 5-10 %
+    # within minutes, so one run of each says less than the ratios of several rounds.
+    rounds: list[dict[str, list[dict]]] = []
+    with templates:
+        for r in range(args.rounds):
+            if args.rounds > 1:
+                print(f"--- round {r + 1}/{args.rounds}", flush=True)
+            rounds.append({name: serve_and_load(name, command, env, args) for name, command in servers.items()})
+    table = rounds[0]
     ours = [n for n in table if n != "vllm-stock"]
+    if "vllm-stock" in table and not args.stock_own_template:
+        for name in ours:
+            for mine, theirs in zip(table[name], table["vllm-stock"]):
+                if mine["prompt_tokens"] != theirs["prompt_tokens"]:
+                    print(f"WARNING: prompt lengths differ (tools={mine['tools']}): {name} "
+                          f"{mine['prompt_tokens']} against stock {theirs['prompt_tokens']}", flush=True)
     baselines = (["vllm-stock"] if "vllm-stock" in table else []) + ours[:1]
     for base in baselines:
         for name in ours:
             if name == base:
                 continue
-            print(f"\nratios ({name} / {base}):")
-            for mine, theirs in zip(table[name], table[base]):
-                print(f"  tools={mine['tools']:<3} c={mine['concurrency']:<3} "
-                      f"throughput {mine['output_tok_s'] / theirs['output_tok_s']:.2f}x   "
-                      f"first chunk p50 {mine['first_chunk_p50_ms'] - theirs['first_chunk_p50_ms']:+.1f}ms   "
-                      f"TTFT p50 {mine['ttft_p50_ms'] - theirs['ttft_p50_ms']:+.1f}ms   "
-                      f"ITL p50 {mine['itl_p50_ms'] / theirs['itl_p50_ms']:.2f}x")
+            print(f"\nratios ({name} / {base})" + (": each round, = their mean" if args.rounds > 1 else ":"))
+            for k, first in enumerate(table[name]):
+                through = [rd[name][k]["output_tok_s"] / rd[base][k]["output_tok_s"] for rd in rounds]
+                chunk = [rd[name][k]["first_chunk_p50_ms"] - rd[base][k]["first_chunk_p50_ms"] for rd in rounds]
+                ttft = [rd[name][k]["ttft_p50_ms"] - rd[base][k]["ttft_p50_ms"] for rd in rounds]
+                itl = [rd[name][k]["itl_p50_ms"] / rd[base][k]["itl_p50_ms"] for rd in rounds]
+                each = lambda xs, f: (" ".join(f.format(x) for x in xs) + " = " if len(xs) > 1 else "")  # noqa: E731
+                print(f"  tools={first['tools']:<3} c={first['concurrency']:<3} "
+                      f"throughput {each(through, '{:.2f}x')}{statistics.mean(through):.2f}x   "
+                      f"first chunk p50 {each(chunk, '{:+.1f}')}{statistics.mean(chunk):+.1f}ms   "
+                      f"TTFT p50 {statistics.mean(ttft):+.1f}ms   ITL p50 {statistics.mean(itl):.2f}x")
 
 
 def main() -> None:
@@ -272,6 +312,8 @@ def main() -> None:
     cmp_.add_argument("--model", default=None, help="model folder (default: the converted default model)")
     cmp_.add_argument("--port", type=int, default=8765)
     cmp_.add_argument("--skip-stock", action="store_true", help="run only our server's variants")
+    cmp_.add_argument("--rounds", type=int, default=1,
+                      help="run every server this many times, alternating; ratios per round and their mean")
     cmp_.add_argument("--stock-own-template", action="store_true",
                       help="let the stock server use the model's own chat template (SmolLM2's ignores tools, "
                            "so its prompts are far shorter than ours)")
