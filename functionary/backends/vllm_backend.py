@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence
 
 from functionary.backends.base import LM_FORMAT_ENFORCER, XGRAMMAR, GenerationDelta, GenerationParams
+from functionary.grammar.cache import LRUCache
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -203,6 +204,49 @@ def _await_grammars(scheduler: Any, budget_s: float) -> None:
                 return
             with contextlib.suppress(Exception):  # errors surface through vLLM itself
                 grammar.result(timeout=left)
+
+
+_VALIDATED_TAGS_SIZE = 256
+
+
+def remember_valid_structural_tags() -> bool:
+    """Make vLLM's structured-output validation remember structural tags that passed.
+
+    vLLM validates every xgrammar request by building its grammar from scratch (7.8 ms with
+    the GIL held for a 20-tool tag here) and keeps nothing; then compiles it again, from a
+    cache, in the engine. Our tags repeat for as long as a client sends the same tools, so a
+    tag that passed once passes again: skip the rebuild for those. Anything else (a new tag,
+    one that failed, JSON or regex requests) goes through vLLM's own check unchanged.
+    Returns False when vLLM's internals moved and nothing was changed.
+    """
+    try:
+        from vllm.v1.structured_output import backend_xgrammar
+    except ImportError:
+        return False
+    original = getattr(backend_xgrammar, "validate_xgrammar_grammar", None)
+    if original is None:
+        return False
+    if getattr(original, "remembers_structural_tags", False):
+        return True
+    passed: LRUCache[bool] = LRUCache(_VALIDATED_TAGS_SIZE)
+
+    def validate_xgrammar_grammar(sampling_params: Any) -> None:
+        so = getattr(sampling_params, "structured_outputs", None)
+        tag = getattr(so, "structural_tag", None)
+        if not isinstance(tag, str) or any(
+            getattr(so, other, None) for other in ("json", "regex", "choice", "grammar", "json_object")
+        ):
+            return original(sampling_params)
+
+        def check() -> bool:
+            original(sampling_params)  # raises for an invalid tag: nothing is remembered
+            return True
+
+        passed.get(tag, check)
+
+    validate_xgrammar_grammar.remembers_structural_tags = True  # type: ignore[attr-defined]
+    backend_xgrammar.validate_xgrammar_grammar = validate_xgrammar_grammar
+    return True
 
 
 class _InprocEngine:
@@ -471,6 +515,9 @@ class VLLMBackend:
         self._inproc: Optional[_InprocEngine] = None
         self._async_llm: Any = None
         usage = UsageContext.OPENAI_API_SERVER
+        # Request validation runs in this process in both modes (the input processor).
+        if not remember_valid_structural_tags():
+            logger.info("vLLM's xgrammar validation moved; structural tags are validated per request")
         if self.in_process:
             self._inproc = _InprocEngine(engine_args, usage)
             vllm_config = self._inproc.engine.vllm_config
