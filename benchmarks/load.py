@@ -252,7 +252,8 @@ def compare(args: argparse.Namespace) -> None:
     model_dir = args.model or str(ensure_default_model())
     # Our server's CPU defaults, given to both servers explicitly (same engine settings).
     engine = ["--model", model_dir, "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16",
-              "--enforce-eager", "--max-model-len", "2048", "--block-size", "32"]
+              "--no-enforce-eager" if args.compile else "--enforce-eager", "--max-model-len", "2048",
+              "--block-size", "32"]
     templates = tempfile.TemporaryDirectory()
     servers = {}
     if not args.skip_stock:
@@ -312,6 +313,8 @@ def main() -> None:
     cmp_.add_argument("--model", default=None, help="model folder (default: the converted default model)")
     cmp_.add_argument("--port", type=int, default=8765)
     cmp_.add_argument("--skip-stock", action="store_true", help="run only our server's variants")
+    cmp_.add_argument("--compile", action="store_true",
+                      help="run every server with torch.compile (--no-enforce-eager) instead of eager mode")
     cmp_.add_argument("--rounds", type=int, default=1,
                       help="run every server this many times, alternating; ratios per round and their mean")
     cmp_.add_argument("--stock-own-template", action="store_true",
