@@ -131,32 +131,30 @@ def check(body, finish, content, calls):
     return sum(1 for k in range(len(calls)) if not (cut and k == len(calls) - 1))
 
 
-@pytest.fixture(scope="module")
-def totals():
-    return {"requests": 0, "valid_calls": 0}
+def test_hundreds_of_random_requests_give_valid_calls(server):
+    totals = {"requests": 0, "valid_calls": 0}
 
+    @settings(max_examples=BATCHES, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(batch=st.lists(requests(), min_size=BATCH_SIZE, max_size=BATCH_SIZE))
+    def sweep(batch):
+        async def run():
+            gate = asyncio.Semaphore(CONCURRENCY)
+            async with openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0,
+                                          timeout=600) as client:
+                model = (await client.models.list()).data[0].id
 
-@settings(max_examples=BATCHES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
-@given(batch=st.lists(requests(), min_size=BATCH_SIZE, max_size=BATCH_SIZE))
-def test_hundreds_of_random_requests_give_valid_calls(server, totals, batch):
-    async def run():
-        gate = asyncio.Semaphore(CONCURRENCY)
-        async with openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=600) as client:
-            model = (await client.models.list()).data[0].id
+                async def one(body):
+                    async with gate:
+                        return await complete(client, model, body)
 
-            async def one(body):
-                async with gate:
-                    return await complete(client, model, body)
+                return await asyncio.gather(*(one(body) for body in batch))
 
-            return await asyncio.gather(*(one(body) for body in batch))
+        for body, result in zip(batch, asyncio.run(run())):
+            totals["valid_calls"] += check(body, *result)
+            totals["requests"] += 1
 
-    for body, result in zip(batch, asyncio.run(run())):
-        totals["valid_calls"] += check(body, *result)
-        totals["requests"] += 1
-
-
-def test_the_sweep_ran_and_made_calls(totals):
-    # Runs after the sweep (file order): hundreds of requests, and many complete valid calls.
+    sweep()
+    # Hundreds of requests went through, and many of them made complete valid calls.
     assert totals["requests"] >= BATCHES * BATCH_SIZE
     assert totals["valid_calls"] >= totals["requests"] // 3
