@@ -139,7 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
 
     async def backend_factory() -> VLLMBackend:
-        return await VLLMBackend.start(engine, in_process=args.engine_in_process)
+        return await VLLMBackend.start(engine, in_process=args.engine_in_process,
+                                       adaptive_threads=args.adaptive_cpu_threads)
 
     app = create_app(settings, backend_factory)
     logger.info("listening on http://%s:%s", args.host, args.port)

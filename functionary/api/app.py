@@ -323,6 +323,7 @@ def create_app(
             grammar = not is_functionary_model(backend)
         app.state.backend = backend
         app.state.template = chosen
+        metrics.watch_backend(backend)
         app.state.service = ChatService(
             backend, chosen, settings.served_model_names, max_n=settings.max_n, grammar_sampling=grammar,
             grammar_backend=settings.grammar_backend,

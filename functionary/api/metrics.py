@@ -65,6 +65,19 @@ class ServerMetrics:
         self.completion_tokens = Counter(
             "functionary_generation_tokens", "Tokens generated.", registry=r,
         )
+        self._compute_threads: Optional[Gauge] = None
+
+    def watch_backend(self, backend: Any) -> None:
+        """Export what the back end reports about itself (the CPU engine's compute threads)."""
+        if getattr(backend, "compute_threads", None) is None:
+            return
+        if self._compute_threads is None:  # once per registry, even if the app starts again
+            self._compute_threads = Gauge(
+                "functionary_engine_compute_threads",
+                "Threads the in-process CPU engine computes on (fewer while other processes keep cores busy).",
+                registry=self.registry,
+            )
+        self._compute_threads.set_function(lambda: getattr(backend, "compute_threads", None) or 0)
 
     def chat_started(self) -> None:
         self.chat_running.inc()

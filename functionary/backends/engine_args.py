@@ -90,6 +90,16 @@ def add_engine_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             "Env: FUNCTIONARY_VLLM_IN_PROCESS=1/0."
         ),
     )
+    parser.add_argument(
+        "--adaptive-cpu-threads",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=(
+            "With the engine in process on CPU: compute on fewer threads while other processes "
+            "keep cores busy, and on all of them again when they stop (default: on). Two threads "
+            "on two cores collapse when a third busy process takes one of the cores."
+        ),
+    )
     return parser
 
 
@@ -179,6 +189,7 @@ def create_backend(args: argparse.Namespace, **kwargs: Any) -> "VLLMBackend":
     from functionary.backends.vllm_backend import VLLMBackend
 
     kwargs.setdefault("in_process", getattr(args, "engine_in_process", None))
+    kwargs.setdefault("adaptive_threads", getattr(args, "adaptive_cpu_threads", True))
     return VLLMBackend(engine_args_from_cli(args), **kwargs)
 
 

@@ -14,7 +14,9 @@ Two ways to run the engine, same behaviour:
   model, bf16, eager, 256 MiB KV cache: engine start 3.7 s vs 15 s, shutdown 0.9 s vs 4.5 s,
   16 concurrent streams ~650 vs ~440 tok/s, single stream ~60 tok/s in both.
   Tensor/pipeline parallel still work (the executor starts its own workers); data parallel
-  falls back to ``AsyncLLM``.
+  falls back to ``AsyncLLM``. When the model is computed in this process, the engine thread
+  adapts its compute threads to what other processes use of the cores
+  (`functionary.backends.cpu_threads`; ``adaptive_threads=False`` keeps them fixed).
 
 Default (``in_process=None``): ``$FUNCTIONARY_VLLM_IN_PROCESS`` if set (1/0), else in-process
 on the CPU platform without data parallelism, ``AsyncLLM`` everywhere else.
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence
 
 from functionary.backends.base import LM_FORMAT_ENFORCER, XGRAMMAR, GenerationDelta, GenerationParams
+from functionary.backends.cpu_threads import ComputeThreads
 from functionary.grammar.cache import LRUCache
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -257,9 +260,11 @@ class _InprocEngine:
     while idle and steps the engine while any request is unfinished.
     """
 
-    def __init__(self, engine_args: "AsyncEngineArgs", usage_context: Any) -> None:
+    def __init__(self, engine_args: "AsyncEngineArgs", usage_context: Any, *, adaptive_threads: bool = True) -> None:
         self._engine_args = engine_args
         self._usage_context = usage_context
+        self._adaptive_threads = adaptive_threads
+        self.compute_threads: Optional[ComputeThreads] = None  # CPU, model computed in this process
         self._cmds: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}  # engine thread only
         self._ready = threading.Event()
@@ -309,6 +314,11 @@ class _InprocEngine:
             multiprocess_mode=False,
         )
         self.supported_tasks = self.engine.get_supported_tasks()  # asks the core: engine thread only
+        if self._adaptive_threads and _is_cpu_platform() and vllm_config.parallel_config.world_size == 1:
+            import torch
+
+            # vLLM's CPU worker replaces torch.set_num_threads with a no-op; torch._C's is the real one.
+            self.compute_threads = ComputeThreads(torch.get_num_threads(), torch._C.set_num_threads)
 
     def _run(self) -> None:
         try:
@@ -326,6 +336,7 @@ class _InprocEngine:
             # finished, so the scheduler hands the finished ids to the worker (frees state).
             return engine.has_unfinished_requests() or scheduler.has_requests()
 
+        threads = self.compute_threads
         try:
             while True:
                 busy = has_work()
@@ -348,6 +359,8 @@ class _InprocEngine:
                 if any(c[0] == "add" and getattr(c[3], "structured_outputs", None) is not None for c in cmds):
                     _await_grammars(scheduler, GRAMMAR_WAIT_S)
                 if has_work():
+                    if threads is not None:
+                        threads.tick()
                     outputs = engine.step()
                     if outputs:
                         self._deliver(outputs)
@@ -504,6 +517,7 @@ class VLLMBackend:
         *,
         in_process: Optional[bool] = None,
         model_name: Optional[str] = None,
+        adaptive_threads: bool = True,
     ) -> None:
         import_vllm()
         from vllm.usage.usage_lib import UsageContext
@@ -519,7 +533,7 @@ class VLLMBackend:
         if not remember_valid_structural_tags():
             logger.info("vLLM's xgrammar validation moved; structural tags are validated per request")
         if self.in_process:
-            self._inproc = _InprocEngine(engine_args, usage)
+            self._inproc = _InprocEngine(engine_args, usage, adaptive_threads=adaptive_threads)
             vllm_config = self._inproc.engine.vllm_config
             self._tokenizer = self._inproc.engine.get_tokenizer()
         else:
@@ -543,11 +557,18 @@ class VLLMBackend:
         *,
         in_process: Optional[bool] = None,
         model_name: Optional[str] = None,
+        adaptive_threads: bool = True,
     ) -> "VLLMBackend":
         """Build the backend without blocking the running event loop."""
         return await asyncio.to_thread(
-            cls, engine_args, in_process=in_process, model_name=model_name
+            cls, engine_args, in_process=in_process, model_name=model_name, adaptive_threads=adaptive_threads
         )
+
+    @property
+    def compute_threads(self) -> Optional[int]:
+        """Threads the in-process CPU engine computes on now (None: not adapted here)."""
+        threads = self._inproc.compute_threads if self._inproc is not None else None
+        return threads.threads if threads is not None else None
 
     @staticmethod
     def _resolve_in_process(engine_args: "AsyncEngineArgs", in_process: Optional[bool]) -> bool:

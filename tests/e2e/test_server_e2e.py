@@ -3,7 +3,10 @@ official `openai` client and raw HTTP over loopback (marked slow; CI runs it).""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import httpx
@@ -157,3 +160,37 @@ def test_grammar_sampling_makes_the_default_model_call_validly(client, model, to
             jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
         if isinstance(tool_choice, dict):
             assert {c.function.name for c in choice.message.tool_calls} == {"get_weather"}
+
+
+def compute_threads(server) -> float:
+    text = httpx.get(f"{server}/metrics", headers={"Authorization": "Bearer test-key"}, timeout=10).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("functionary_engine_compute_threads ")]
+    assert values, "the in-process CPU engine exports its compute threads"
+    return values[0]
+
+
+def test_a_busy_process_beside_the_engine_takes_a_compute_thread_and_gives_it_back(server, client, model):
+    full = compute_threads(server)
+    if full < 2 or full < len(os.sched_getaffinity(0)):
+        pytest.skip("the engine has CPUs to spare beside its compute threads: nothing to give up")
+
+    def generate() -> None:  # the engine looks at the machine between its steps
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=48,
+                                       extra_body={"ignore_eos": True})
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        seen, deadline = [], time.time() + 120
+        while time.time() < deadline and min(seen, default=full) >= full:
+            generate()
+            seen.append(compute_threads(server))
+        assert min(seen) < full, f"compute threads stayed at {seen} while another process was busy"
+        generate()  # and the engine still answers while it shares the machine
+    finally:
+        hog.kill()
+        hog.wait()
+    deadline = time.time() + 120
+    while compute_threads(server) < full and time.time() < deadline:
+        generate()
+    assert compute_threads(server) == full

@@ -57,3 +57,9 @@ def test_grammar_backend_configures_the_engine():
     engine, _ = parsed("--structured-outputs-config.backend", "guidance")
     with pytest.raises(SystemExit, match="needs vLLM's structured outputs on xgrammar"):
         server_vllm.configure_grammar_backend(engine, "xgrammar")
+
+
+def test_adaptive_cpu_threads_is_on_unless_turned_off():
+    parser = make_arg_parser()
+    assert parser.parse_args(["--model", "/nonexistent"]).adaptive_cpu_threads is True
+    assert parser.parse_args(["--model", "/nonexistent", "--no-adaptive-cpu-threads"]).adaptive_cpu_threads is False
