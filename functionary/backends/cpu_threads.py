@@ -77,11 +77,24 @@ class ComputeThreads:
         self._own = own_seconds
         self._clock = clock
         self._quiet = 0
+        self._broken = False
         self._mark: Optional[tuple[float, float, float]] = None
         self.others = 0.0  # cores other processes used in the last window
 
     def tick(self) -> None:
-        """Look at the machine if a window has passed; change the thread count if needed."""
+        """Look at the machine if a window has passed; change the thread count if needed.
+
+        Never raises: it runs on the engine thread, where an exception would end the engine.
+        After an unexpected error it logs once and stops adapting."""
+        if self._broken:
+            return
+        try:
+            self._tick()
+        except Exception:  # noqa: BLE001
+            self._broken = True
+            logger.exception("adapting the engine's compute threads failed; they stay at %d", self.threads)
+
+    def _tick(self) -> None:
         now = self._clock()
         if self._mark is not None and now - self._mark[0] < WINDOW_S:
             return

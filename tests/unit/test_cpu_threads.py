@@ -144,3 +144,18 @@ def test_busy_seconds_from_proc_stat():
     # user nice system irq softirq steal of cpu0 and cpu1 (not idle, not iowait, not cpu2)
     assert machine_busy_seconds([0, 1], stat) == pytest.approx((100 + 1 + 50 + 3 + 4 + 5 + 200 + 100) / hz)
     assert machine_busy_seconds([0, 1]) >= 0  # the real /proc/stat parses
+
+
+def test_an_unexpected_error_stops_adapting_without_raising():
+    m = Machine()
+    calls = []
+
+    def broken_set(n):
+        calls.append(n)
+        raise RuntimeError("no")
+
+    gov = ComputeThreads(2, broken_set, cpus=range(2), busy_seconds=lambda: m.busy,
+                         own_seconds=lambda: m.own, clock=lambda: m.now)
+    gov.tick()
+    steps(gov, m, 3, ours=1.0, others=1.0)  # must not raise on the engine thread
+    assert calls == [1]  # tried once, then left alone
