@@ -89,7 +89,7 @@ def main() -> None:
         return
 
     from functionary.backends.default_model import DEFAULT_MODEL_NAME
-    args.tool_choice, args.stock_own_template = "auto", False
+    args.tool_choice = "auto"
     command = [sys.executable, str(ROOT / "server_vllm.py"), "--model", args.model, "--served-model-name",
                DEFAULT_MODEL_NAME, "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "2048",
                "--block-size", "32", "--prompt-template-version", "v3.llama3", "--no-enable-grammar-sampling"]

@@ -220,8 +220,7 @@ def stock_chat_template(directory: str) -> str:
 def serve_and_load(name: str, command: list[str], env: dict, args: argparse.Namespace) -> list[dict]:
     """Start one server, run every (tools, concurrency) load against it, stop it."""
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        log = open(Path(tmp) / "server.log", "w")
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w") as log:
         started = time.perf_counter()
         process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(args.port)], cwd=ROOT,
                                    env={**env, "TMPDIR": tmp}, stdout=log, stderr=subprocess.STDOUT,
