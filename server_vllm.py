@@ -10,69 +10,16 @@ Functionary model is served with `v3.llama3`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from typing import Any, Optional, Sequence
 
 logger = logging.getLogger("functionary.server")
 
-def _json_list(value: str) -> list[str]:
-    """A JSON list (vLLM's syntax: '["https://a.example"]') or a comma-separated list."""
-    value = value.strip()
-    if value.startswith("["):
-        parsed = json.loads(value)
-        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
-            raise argparse.ArgumentTypeError("expected a JSON list of strings")
-        return parsed
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from functionary.backends.base import GRAMMAR_BACKENDS, XGRAMMAR
-    from functionary.prompt_template import VERSIONS
-
-    group = parser.add_argument_group("Functionary server")
-    group.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    group.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    group.add_argument(
-        "--api-key",
-        default=os.environ.get("FUNCTIONARY_API_KEY"),
-        help="require `Authorization: Bearer <key>` on every route (default: $FUNCTIONARY_API_KEY)",
-    )
-    group.add_argument("--allowed-origins", type=_json_list, default=["*"], help="CORS origins (JSON list)")
-    group.add_argument("--allowed-methods", type=_json_list, default=["*"], help="CORS methods (JSON list)")
-    group.add_argument("--allowed-headers", type=_json_list, default=["*"], help="CORS headers (JSON list)")
-    group.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
-    group.add_argument(
-        "--prompt-template-version",
-        choices=VERSIONS,
-        default=None,
-        help="prompt template to use (default: detected from the tokenizer, else v3.llama3)",
-    )
-    group.add_argument(
-        "--enable-grammar-sampling",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="constrain generation to valid function names and schema-valid arguments "
-        "(default: on for models that are not Functionary models, off for Functionary models)",
-    )
-    group.add_argument(
-        "--grammar-backend",
-        choices=GRAMMAR_BACKENDS,
-        default=XGRAMMAR,
-        help="how grammar sampling is enforced: xgrammar (a structural tag through vLLM's structured "
-        "outputs, the fastest) or lm-format-enforcer (functionary's logits processor) "
-        "(default: %(default)s)",
-    )
-    group.add_argument("--max-n", type=int, default=16, help="largest `n` a request may ask for (default: %(default)s)")
-    # `--log-level` is vLLM's own flag (DEBUG, INFO, ...); it sets the server's level too.
-    return parser
-
 
 def build_parser() -> argparse.ArgumentParser:
     """vLLM's parser (all engine flags, `--config file.yaml`) plus the server flags."""
+    from functionary.api.server_flags import add_server_args
     from functionary.backends.engine_args import make_arg_parser
 
     parser = make_arg_parser(description="Functionary OpenAI-compatible server on vLLM.")
@@ -110,33 +57,22 @@ def configure_grammar_backend(engine: Any, backend: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from functionary.api.server_flags import log_level as resolve_log_level, server_settings
+
     args = build_parser().parse_args(argv)
-    log_level = str(getattr(args, "log_level", None) or "INFO").upper()
-    if log_level == "NOTSET":
-        log_level = "INFO"
+    log_level = resolve_log_level(args)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import uvicorn
 
-    from functionary.api import ServerSettings, create_app
+    from functionary.api import create_app
     from functionary.backends.engine_args import engine_args_from_cli
     from functionary.backends.vllm_backend import VLLMBackend
 
     engine = engine_args_from_cli(args)
     if args.enable_grammar_sampling is not False:
         configure_grammar_backend(engine, args.grammar_backend)
-    settings = ServerSettings(
-        served_model_names=served_names(args, engine),
-        prompt_template_version=args.prompt_template_version,
-        api_key=args.api_key,
-        allowed_origins=args.allowed_origins,
-        allowed_methods=args.allowed_methods,
-        allowed_headers=args.allowed_headers,
-        allow_credentials=args.allow_credentials,
-        max_n=args.max_n,
-        grammar_sampling=args.enable_grammar_sampling,
-        grammar_backend=args.grammar_backend,
-    )
+    settings = server_settings(args, served_names(args, engine))
 
     async def backend_factory() -> VLLMBackend:
         return await VLLMBackend.start(engine, in_process=args.engine_in_process,
