@@ -20,9 +20,11 @@ MODEL = os.environ.get("FUNCTIONARY_MODEL", "meetkai/functionary-small-v3.2")
 GPU = os.environ.get("FUNCTIONARY_GPU", "L40S")
 API_KEY = os.environ.get("FUNCTIONARY_API_KEY", "")
 PORT = 8000
+# The release the test suite runs, inside pyproject.toml's `vllm` range (tests/unit/test_versions.py).
+VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 
 image = (
-    modal.Image.from_registry("vllm/vllm-openai:latest")
+    modal.Image.from_registry(VLLM_IMAGE)
     .entrypoint([])  # the image starts `vllm serve`; Modal runs our function instead
     .add_local_dir(ROOT, "/app", copy=True,
                    ignore=[".venv", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis"])

