@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +57,37 @@ def test_parse_prints_the_message():
     message = json.loads(done.stdout)
     assert message["content"] == "Let me check."
     assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+# The README's two command lines, run by bash as written (only the interpreter's path changes).
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README_COMMANDS = [
+    line for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    for line in block.splitlines() if "-m functionary " in line
+]
+
+
+def run_readme_line(verb: str) -> subprocess.CompletedProcess:
+    (line,) = [c for c in README_COMMANDS if f"-m functionary {verb} " in c]
+    line = line.replace(".venv/bin/python", shlex.quote(sys.executable))
+    return subprocess.run(["bash", "-c", line], capture_output=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+
+
+def test_readme_render_example_prints_the_reference_prompt():
+    done = run_readme_line("render")
+    assert done.returncode == 0, done.stderr
+    # The reference vector for one user message on v3.llama3, with that message's text swapped in.
+    (c01,) = [c for c in load("prompts") if c["version"] == "v3.llama3" and c["id"] == "C01"]
+    assert request_of(c01)["messages"][0]["content"] == "Hello! Who are you?"
+    assert done.stdout.decode("utf-8") == c01["prompt"].replace("Hello! Who are you?", "Hi")
+
+
+def test_readme_parse_example_splits_text_and_call():
+    done = run_readme_line("parse")
+    assert done.returncode == 0, done.stderr
+    message = json.loads(done.stdout)
+    assert message["content"] == "Hello!"
+    assert [c["function"] for c in message["tool_calls"]] == [
+        {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    ]
