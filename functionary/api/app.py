@@ -23,6 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from functionary.api.errors import error_body, error_response, install_error_handlers
+from functionary.api.limits import RequestLimits, RequestLimitsMiddleware
 from functionary.api.metrics import MetricsMiddleware, ServerMetrics
 from functionary.api.settings import DEFAULT_TEMPLATE_VERSION, ServerSettings
 from functionary.backends.base import Backend
@@ -326,7 +327,7 @@ def create_app(
         metrics.watch_backend(backend)
         app.state.service = ChatService(
             backend, chosen, settings.served_model_names, max_n=settings.max_n, grammar_sampling=grammar,
-            grammar_backend=settings.grammar_backend,
+            grammar_backend=settings.grammar_backend, tool_limits=settings.tool_limits,
         )
         logger.info(
             "serving %s (prompt template %s, grammar sampling %s) as %s",
@@ -351,7 +352,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     # Added inside-out: the API key check is innermost, CORS answers preflights before it,
-    # metrics see everything.
+    # the limits come before both (functionary/api/limits.py), metrics see everything.
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(
@@ -361,5 +362,6 @@ def create_app(
         allow_methods=settings.allowed_methods,
         allow_headers=settings.allowed_headers,
     )
+    app.add_middleware(RequestLimitsMiddleware, limits=RequestLimits.from_settings(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -63,7 +63,43 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     group.add_argument("--max-n", type=int, default=16, help="largest `n` a request may ask for (default: %(default)s)")
+    add_limit_args(parser)
     return parser
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("expected 0 or a positive integer")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("expected 0 or a positive number")
+    return number
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """Limits a public endpoint needs (functionary/api/limits.py, protocol/tool_validation.py)."""
+    defaults = ServerSettings()
+    group = parser.add_argument_group("Functionary server limits (0 switches a limit off)")
+    group.add_argument("--max-request-body-bytes", type=non_negative_int, default=defaults.max_request_body_bytes,
+                       help="largest request body; larger ones get 413 (default: %(default)s)")
+    group.add_argument("--max-header-bytes", type=non_negative_int, default=defaults.max_header_bytes,
+                       help="largest total size of a request's headers; larger ones get 431 (default: %(default)s)")
+    group.add_argument("--request-timeout", type=non_negative_float, default=defaults.request_timeout,
+                       help="seconds a request may take, body upload to last byte; then 408, or an error event "
+                       "ending a stream, and the generation is aborted (default: %(default)s)")
+    group.add_argument("--max-concurrent-requests", type=non_negative_int, default=defaults.max_concurrent_requests,
+                       help="requests served at once; beyond it 429 (default: %(default)s)")
+    group.add_argument("--max-tools", type=non_negative_int, default=defaults.max_tools,
+                       help="most tools (or functions) one request may define (default: %(default)s)")
+    group.add_argument("--max-tool-schema-depth", type=non_negative_int, default=defaults.max_tool_schema_depth,
+                       help="deepest JSON nesting of a function's parameters schema (default: %(default)s)")
+    group.add_argument("--max-tools-bytes", type=non_negative_int, default=defaults.max_tools_bytes,
+                       help="most bytes of JSON all tool definitions of a request may take (default: %(default)s)")
 
 
 def add_served_model_name(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -90,6 +126,13 @@ def server_settings(args: argparse.Namespace, served_model_names: Sequence[str])
         max_n=args.max_n,
         grammar_sampling=args.enable_grammar_sampling,
         grammar_backend=args.grammar_backend,
+        max_request_body_bytes=args.max_request_body_bytes,
+        max_header_bytes=args.max_header_bytes,
+        request_timeout=args.request_timeout,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_tools=args.max_tools,
+        max_tool_schema_depth=args.max_tool_schema_depth,
+        max_tools_bytes=args.max_tools_bytes,
     )
 
 

@@ -5,6 +5,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from functionary.backends.base import XGRAMMAR
+from functionary.protocol.tool_validation import (
+    DEFAULT_MAX_SCHEMA_DEPTH,
+    DEFAULT_MAX_TOOLS,
+    DEFAULT_MAX_TOOLS_BYTES,
+    ToolLimits,
+)
 from functionary.serving.chat import DEFAULT_MAX_N
 
 
@@ -39,3 +45,20 @@ class ServerSettings:
     grammar_backend: str = XGRAMMAR
     # Seconds `/health` waits for the engine's health check.
     health_check_timeout: float = 10.0
+    # Limits of a public endpoint (functionary/api/limits.py); 0 switches one off.
+    max_request_body_bytes: int = 8 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    # Seconds a request may take from its first byte to its last (OpenAI's client gives up after 600).
+    request_timeout: float = 600.0
+    # Requests served at once; beyond it a 429 (`/health` and `/metrics` are never refused).
+    max_concurrent_requests: int = 512
+    # Tool definitions (functionary/protocol/tool_validation.py).
+    max_tools: int = DEFAULT_MAX_TOOLS
+    max_tool_schema_depth: int = DEFAULT_MAX_SCHEMA_DEPTH
+    max_tools_bytes: int = DEFAULT_MAX_TOOLS_BYTES
+
+    @property
+    def tool_limits(self) -> ToolLimits:
+        return ToolLimits(
+            max_tools=self.max_tools, max_schema_depth=self.max_tool_schema_depth, max_tools_bytes=self.max_tools_bytes
+        )

@@ -37,6 +37,7 @@ from functionary.protocol.openai import (
     ToolCallOut,
     UsageInfo,
 )
+from functionary.protocol.tool_validation import ToolDefinitionError, ToolLimits, check_tool_definitions
 from functionary.serving.errors import (
     EngineUnavailableError,
     InternalError,
@@ -245,6 +246,7 @@ class ChatService:
         prompt_builder: Optional[PromptBuilder] = None,
         grammar_sampling: bool = False,
         grammar_backend: str = XGRAMMAR,
+        tool_limits: ToolLimits = ToolLimits(),
     ) -> None:
         if not served_model_names:
             raise ValueError("at least one served model name is needed")
@@ -256,6 +258,7 @@ class ChatService:
         if grammar_backend not in GRAMMAR_BACKENDS:
             raise ValueError(f"unknown grammar backend {grammar_backend!r}; known: {', '.join(GRAMMAR_BACKENDS)}")
         self.grammar_backend = grammar_backend
+        self.tool_limits = tool_limits
         self._build_prompt = prompt_builder or build_inference_prompt
         self._stop_cache: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
 
@@ -309,6 +312,10 @@ class ChatService:
         )
         tool_choice = _choice_value(request.tool_choice)
         function_call = _choice_value(request.function_call)
+        try:  # the one place tool definitions are checked, before anything renders them
+            check_tool_definitions(tools=tools, functions=functions, tool_choice=tool_choice, limits=self.tool_limits)
+        except ToolDefinitionError as exc:
+            raise InvalidRequestError(exc.message, param=exc.param, code=exc.code) from exc
         try:
             built = self._build_prompt(
                 self.template,
