@@ -11,7 +11,8 @@ Built on lm-format-enforcer's own `JsonSchemaParser` (character level), wrapped 
 * holes of lm-format-enforcer that let invalid JSON through are closed: a trailing comma
   before `}`, an exponent or a decimal point in an integer, an exponent right after a decimal
   point (`1.e5`), `maxLength: 0`, characters it would take by dropping parsers off its stack;
-* a number ends after `MAX_NUMBER_CHARS` characters.
+* a number ends after `MAX_NUMBER_CHARS` characters;
+* keys follow the schema's `properties` order (optional ones may be left out), as in xgrammar.
 
 Not enforced (lm-format-enforcer's limits): numeric bounds (`minimum`, `multipleOf` ...),
 `uniqueItems`, string `format`s, enum values or keys that need JSON escapes; a `pattern` is
@@ -208,6 +209,26 @@ def _freetext(parser: Any) -> Union[bool, int, None]:
     return left if left is not None else None
 
 
+def _ordered_keys(p: Any) -> Optional[list]:
+    """The keys an object may write next when keys follow the schema's `properties` order (as
+    xgrammar writes them): those after the last key written, up to and including the first
+    required one still missing. None for a dictionary (no declared properties)."""
+    if p.is_dictionary:
+        return None
+    names = list(p.schema_object.properties.keys())
+    written = [names.index(k) for k in p.existing_keys if k in names]
+    rest = names[max(written) + 1:] if written else names
+    required = set(p.schema_object.required or ())
+    out = []
+    for name in rest:
+        if name in p.existing_keys:
+            continue
+        out.append(name)
+        if name in required:
+            break
+    return out
+
+
 def _level_chars(p: Any) -> str:
     """Allowed characters of one level of lm-format-enforcer's object stack, with the holes
     that let invalid JSON through closed."""
@@ -218,6 +239,8 @@ def _level_chars(p: Any) -> str:
         # After a comma a key must follow: no trailing comma before "}".
         if p.current_stage == ObjectParsingStage.PARSING_KEY_OR_END and p.existing_keys:
             chars = chars.replace("}", "")
+        if _ordered_keys(p) == []:  # every later property written or skipped: only the end
+            chars = chars.replace('"' if p.current_stage == ObjectParsingStage.PARSING_KEY_OR_END else ",", "")
     elif isinstance(p, NumberParsingState):
         if len(p.parsed_string) >= MAX_NUMBER_CHARS and p.can_end():
             chars = "".join(c for c in chars if c not in "0123456789.eE+-")
@@ -253,7 +276,17 @@ def _add(parser: Any, c: str) -> Any:
         if not nexts:
             return None
         return nexts[0] if len(nexts) == 1 else UnionParser(nexts)
-    return parser.add_character(c)
+    top = parser.object_stack[-1] if isinstance(parser, JsonSchemaParser) and parser.object_stack else None
+    new = parser.add_character(c)
+    if (c == '"' and isinstance(top, ObjectParsingState) and top.current_stage == ObjectParsingStage.PARSING_KEY_OR_END
+            and isinstance(new, JsonSchemaParser) and new.object_stack
+            and isinstance(new.object_stack[-1], StringParsingState)):
+        # Keys in the schema's property order (a tool's order is part of its meaning; the
+        # xgrammar back end keeps it too). lm-format-enforcer itself allows any order.
+        keys = _ordered_keys(top)
+        if keys is not None:
+            new.object_stack[-1].allowed_strings = keys
+    return new
 
 
 class _Id:

@@ -28,7 +28,7 @@ class ConstraintSpec:
     """
 
     version: str
-    functions: tuple[tuple[str, str], ...]  # (name, parameters schema as canonical JSON)
+    functions: tuple[tuple[str, str], ...]  # (name, parameters schema as JSON, key order kept)
     tool_choice: str
     named: bool = False  # tool_choice names a function
     code_interpreter: bool = False
@@ -133,7 +133,9 @@ def parse_spec(raw: Union[ConstraintSpec, Mapping[str, Any]]) -> ConstraintSpec:
         functions, code = [], False
     parallel = raw.get("parallel_tool_calls")
     parallel = True if parallel is None else bool(parallel)
-    canon = tuple((n, json.dumps(p, sort_keys=True, ensure_ascii=False)) for n, p in functions)
+    # The schemas keep their own key order: a tool's property order is part of its meaning (the
+    # grammar makes the model write arguments in it), so it is part of the digest too.
+    canon = tuple((n, json.dumps(p, ensure_ascii=False)) for n, p in functions)
     payload = json.dumps([version, canon, choice, named, code, parallel], ensure_ascii=False)
     digest = hashlib.sha256(payload.encode()).hexdigest()
     return ConstraintSpec(version, canon, choice, named, code, parallel, digest)

@@ -172,7 +172,7 @@ def _edges(grammar: Grammar, state: Any) -> list[tuple[Expr, Any]]:
         # grammar sampling the parser reads the arguments as one JSON object
         # (`StreamParser(json_arguments=True)`), and the server sends no textual stop strings.
         schema = _schema(grammar.functions.get(ctx.name))
-        return [(("json", json.dumps(schema, sort_keys=True, ensure_ascii=False)), ctx.after(False))]
+        return [(("json", json.dumps(schema, ensure_ascii=False)), ctx.after(False))]
     return []
 
 
