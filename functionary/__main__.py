@@ -1,8 +1,9 @@
-"""Command line: `python -m functionary render|parse --template-version V`.
+"""Command line: `python -m functionary render|parse --template-version V`, `... eval bfcl ...`.
 
 `render` reads an OpenAI chat-completions request (JSON) on stdin and writes exactly the prompt
 the server sends to the engine (no BOS, no trailing newline). `parse` reads raw model output and
-writes the assistant message it parses to. Bad input: one line on stderr, exit code 2.
+writes the assistant message it parses to. `eval bfcl` measures the function-calling accuracy
+of OpenAI-compatible endpoints (functionary.eval). Bad input: one line on stderr, exit code 2.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import sys
 from typing import Optional, Sequence, TextIO
 
+from .eval.cli import add_arguments as add_eval_arguments
 from .prompt_template import VERSIONS, PromptError, build_inference_prompt, get_prompt_template_by_version
 
 
@@ -32,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     parse.add_argument("--template-version", required=True, choices=VERSIONS)
     parse.add_argument("--tool-choice", default=None,
                        help='"auto", "none", "required", or a function name')
+    add_eval_arguments(commands.add_parser("eval", help="measure the accuracy of OpenAI-compatible endpoints"))
     return parser
 
 
@@ -58,6 +61,10 @@ def main(argv: Optional[Sequence[str]] = None, stdin: TextIO = sys.stdin, stdout
          stderr: TextIO = sys.stderr) -> int:
     try:
         args = _parser().parse_args(argv)
+        if args.command == "eval":
+            from .eval.cli import main as eval_main
+
+            return eval_main(args, stdout, stderr)
         text = stdin.read()
         if args.command == "render":
             try:
