@@ -53,12 +53,16 @@ class RequestLimits:
 
 
 def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
-    """Keyword arguments for `uvicorn.run`/`uvicorn.Config`: the h11 parser refuses a request
-    whose head outgrows the header limit before buffering more of it."""
+    """Keyword arguments for `uvicorn.run`/`uvicorn.Config` that bound what the HTTP parser
+    buffers of a request's head. uvicorn's httptools parser has no such bound (it buffers a
+    never-ending header, the denial of service of CVE-2025-48956); its h11 parser has one, so
+    with a header limit the server speaks HTTP/1.1 through h11 and refuses a head that
+    outgrows the limit with a 400 and a closed connection, before the app ever sees it."""
     if not settings.max_header_bytes:
         return {}
-    # The request line and header framing come on top of the header bytes the middleware counts.
-    return {"h11_max_incomplete_event_size": settings.max_header_bytes + 16 * 1024}
+    # The request line and the header framing come on top of the header bytes the middleware
+    # counts: a head between the two limits reaches the middleware and gets its 431.
+    return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes + 16 * 1024}
 
 
 class _BodyTooLarge(Exception):
