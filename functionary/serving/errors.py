@@ -47,6 +47,20 @@ class EngineUnavailableError(ServiceError):
     error_type = "service_unavailable_error"
 
 
+class RateLimitError(ServiceError):
+    """429: the engine is overloaded (e.g. TGI's `overloaded`); the client may retry later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class UpstreamError(ServiceError):
+    """502: the engine behind this server (an HTTP endpoint such as TGI) failed the request."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+
 class InternalError(ServiceError):
     status_code = 500
     error_type = "internal_server_error"
