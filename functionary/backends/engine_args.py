@@ -17,8 +17,9 @@ Every vLLM engine flag works (``--tensor-parallel-size``, ``--enable-lora``, ``-
 the user set them; `engine_args_from_cli` then fills them:
 
 * ``--model`` absent: the default model (`ensure_default_model()`, converted once), served as
-  ``SmolLM2-135M-Instruct`` unless ``--served-model-name`` says otherwise, with
-  ``max_model_len`` 2048.
+  ``SmolLM2-135M-Instruct`` unless ``--served-model-name`` says otherwise, with vLLM's
+  ``max_model_len`` "auto" (-1): the model's own context (8192 tokens), or the longest that
+  the KV cache holds if it cannot hold that (a 1 GiB cache holds ~45k tokens of this model).
 * on the CPU platform: ``enforce_eager`` (torch.compile costs 60-110 s of start-up for at most
   1.3x), ``dtype bfloat16``, ``block_size 32`` (prompts with tools share long prefixes; see
   `CPU_DEFAULT_BLOCK_SIZE`) and a bounded KV cache (1 GiB unless ``--kv-cache-memory-bytes``,
@@ -42,7 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 GiB = 1 << 30
 CPU_DEFAULT_KV_CACHE_BYTES = 1 * GiB
-DEFAULT_MODEL_MAX_MODEL_LEN = 2048
+# vLLM's "auto": the model's own length (SmolLM2-135M: max_position_embeddings 8192) when the KV
+# cache can hold it, else the longest it can (vLLM logs which). Agents send many tools: 60 tools
+# of three described parameters are ~5.3k prompt tokens, far beyond the 2048 this once was.
+DEFAULT_MODEL_MAX_MODEL_LEN = -1
 CPU_DEFAULT_DTYPE = "bfloat16"
 # vLLM's CPU default is 128-token KV blocks, and prefix caching reuses whole blocks only: with
 # one tool the 220-token prompts of two requests share 128 cached tokens at 128, 192 at 32

@@ -63,3 +63,20 @@ def test_adaptive_cpu_threads_is_on_unless_turned_off():
     parser = make_arg_parser()
     assert parser.parse_args(["--model", "/nonexistent"]).adaptive_cpu_threads is True
     assert parser.parse_args(["--model", "/nonexistent", "--no-adaptive-cpu-threads"]).adaptive_cpu_threads is False
+
+
+def test_default_model_gets_vllms_auto_context_unless_given(monkeypatch):
+    # -1 is vLLM's "auto": the model's own length if the KV cache holds it, else the longest it holds
+    # (tests/e2e/test_long_context.py checks both outcomes on the real engine).
+    from functionary.backends.engine_args import DEFAULT_MODEL_MAX_MODEL_LEN
+
+    assert DEFAULT_MODEL_MAX_MODEL_LEN == -1
+    engine, given = parsed()
+    apply_cpu_defaults(engine, given, default_model=True, on_cpu=True)
+    assert engine.max_model_len == -1
+    engine, _ = parsed("--max-model-len", "1024")
+    apply_cpu_defaults(engine, {"max_model_len"}, default_model=True, on_cpu=True)
+    assert engine.max_model_len == 1024
+    engine, given = parsed()
+    apply_cpu_defaults(engine, given, default_model=False, on_cpu=True)
+    assert engine.max_model_len is None  # another model: vLLM's own default (the model's length)
