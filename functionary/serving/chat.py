@@ -37,6 +37,7 @@ from functionary.protocol.openai import (
     ToolCallOut,
     UsageInfo,
 )
+from functionary.protocol.text_validation import first_unencodable
 from functionary.protocol.tool_validation import ToolDefinitionError, ToolLimits, check_tool_definitions
 from functionary.serving.errors import (
     EngineUnavailableError,
@@ -294,6 +295,14 @@ class ChatService:
 
     def prepare(self, request: ChatCompletionRequest, request_id: Optional[str] = None) -> PreparedChat:
         """Validate and render `request`; raises `ServiceError` subclasses (HTTP 4xx)."""
+        unencodable = first_unencodable(request)
+        if unencodable is not None:
+            raise InvalidRequestError(
+                f"`{unencodable}` contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is "
+                "not valid Unicode.",
+                param=unencodable,
+                code="invalid_unicode",
+            )
         model = self.resolve_model(request.model)
         n = request.n if request.n is not None else 1
         if n > self.max_n:

@@ -198,3 +198,26 @@ async def test_default_depth_limit(harness):
     r = await h.post({"model": MODEL, "messages": USER, "tools": [tool(nested(40))]})
     assert r.status_code == 400
     assert_openai_error(r.json(), "tools[0].function.parameters", "invalid_function_parameters")
+
+
+@pytest.mark.parametrize(
+    "raw,param",
+    [
+        (b'{"model": "functionary-test", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content"),
+        (b'{"model": "functionary-test", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function",'
+         b' "function": {"name": "f", "description": "\\udfff"}}]}', "tools[0].function.description"),
+        (b'{"model": "functionary-test", "messages": [{"role": "user", "content": "x"}], "stop": ["\\ud83d"]}', "stop[0]"),
+        (b'{"model": "\\udc00", "messages": [{"role": "user", "content": "x"}]}', "model"),
+    ],
+    ids=["message", "tool description", "stop string", "model"],
+)
+async def test_unpaired_surrogate_escapes_are_400(harness, raw, param):
+    """Found by benchmarks/fuzz.py: JSON allows "\\ud800", UTF-8 (the tokenizer) does not; it was a 500."""
+    h = await harness((CALL_OUT,))
+    r = await h.http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert_openai_error(r.json(), param, "invalid_unicode")
+    # A correctly paired escape (an emoji) is fine.
+    ok = raw.replace(b"\\ud800", b"\\ud83d\\ude00").replace(b"\\udfff", b"\\ud83d\\ude00")
+    ok = ok.replace(b'"\\ud83d"', b'"\\ud83d\\ude00"').replace(b'"\\udc00"', b'"functionary-test"')
+    assert (await h.http.post("/v1/chat/completions", content=ok, headers={"content-type": "application/json"})).status_code == 200
