@@ -44,19 +44,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_app(args: argparse.Namespace, container: Any = None) -> Any:
+    """The app for parsed `args`: the TGI back end on `args.endpoint`, connected when the app
+    starts; `container` (a `TGIContainer` we started, or None) is stopped when it stops."""
+    from functionary.api import create_app
+    from functionary.api.server_flags import server_settings
+    from functionary.backends.base import LM_FORMAT_ENFORCER
+    from functionary.backends.tgi import TGIBackend
+    from functionary.backends.tgi_docker import default_save_folder
+
+    # The service hands the grammar spec over as it is with this setting (the xgrammar one
+    # would build vLLM's structural tag, which TGI cannot use); the TGI back end decides.
+    args.grammar_backend = LM_FORMAT_ENFORCER
+    endpoint = args.endpoint.rstrip("/")
+    # A container we started downloaded a model id there (TGI's hub cache): the tokenizer too.
+    save_folder = args.remote_model_save_folder or str(default_save_folder())
+    names = list(args.served_model_name or [args.model])
+
+    async def backend_factory() -> TGIBackend:
+        return await TGIBackend.connect(
+            endpoint, args.model, model_name=args.model, max_total_tokens=args.max_total_tokens,
+            on_shutdown=container.stop if container is not None else None,
+            tokenizer_cache_dir=save_folder if container is not None else None,
+        )
+
+    return create_app(server_settings(args, names), backend_factory)
+
+
 def main(argv: Optional[Sequence[str]] = None, *, docker_factory: Optional[Callable[[], Any]] = None) -> int:
-    from functionary.api.server_flags import log_level as resolve_log_level, server_settings
+    from functionary.api.server_flags import log_level as resolve_log_level
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.grammar_backend is not None:
         parser.error("--grammar-backend applies to vLLM only: on TGI, grammar sampling uses TGI's `grammar` "
                      "parameter (named tool_choice only; see the README's TGI section)")
-    # The service hands the grammar spec over as it is with this setting (the xgrammar one
-    # would build vLLM's structural tag, which TGI cannot use); the TGI back end decides.
-    from functionary.backends.base import LM_FORMAT_ENFORCER
-
-    args.grammar_backend = LM_FORMAT_ENFORCER
     log_level = resolve_log_level(args)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2"):  # one INFO line per upstream request otherwise
@@ -81,27 +103,13 @@ def main(argv: Optional[Sequence[str]] = None, *, docker_factory: Optional[Calla
 
     import uvicorn
 
-    from functionary.api import create_app
-    from functionary.backends.tgi import TGIBackend
+    from functionary.api.limits import uvicorn_options
 
-    from functionary.backends.tgi_docker import default_save_folder
-
-    # A container we started downloaded a model id there (TGI's hub cache): the tokenizer too.
-    save_folder = args.remote_model_save_folder or str(default_save_folder())
-    names = list(args.served_model_name or [args.model])
-    settings = server_settings(args, names)
-
-    async def backend_factory() -> TGIBackend:
-        return await TGIBackend.connect(
-            endpoint, args.model, model_name=args.model, max_total_tokens=args.max_total_tokens,
-            on_shutdown=container.stop if container is not None else None,
-            tokenizer_cache_dir=save_folder if container is not None else None,
-        )
-
-    app = create_app(settings, backend_factory)
+    app = build_app(args, container)
     logger.info("listening on http://%s:%s (TGI at %s)", args.host, args.port, endpoint)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=log_level.lower(), timeout_keep_alive=5)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=log_level.lower(), timeout_keep_alive=5,
+                    **uvicorn_options(app.state.settings))
     finally:
         if container is not None:
             container.stop()  # also when start-up failed before the app could

@@ -21,6 +21,7 @@ or as the documented HTTP status with an `ErrorResponse` body.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import threading
@@ -60,6 +61,7 @@ def load_contract() -> dict[str, Any]:
 _CONTRACT = load_contract()
 
 
+@functools.lru_cache(maxsize=None)
 def validator(schema_name: str) -> jsonschema.Draft202012Validator:
     """A validator for one schema of the document's components (its `$ref`s resolved)."""
     return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{schema_name}", **_CONTRACT})
