@@ -1,0 +1,158 @@
+"""BFCL accuracy of the default model through our server and through vLLM's own OpenAI server,
+side by side in one run (`functionary eval bfcl` with two --base-url), then both servers stop.
+
+    .venv/bin/python benchmarks/eval_compare.py                      # full categories, auto + required
+    .venv/bin/python benchmarks/eval_compare.py --limit 20 --tool-choice required
+
+Both servers serve the converted default model with the same engine settings (ours as it ships,
+with no flags; the stock server with ours' CPU defaults given explicitly). The stock
+server runs with its best tool-calling setup for this model: `--enable-auto-tool-choice
+--tool-call-parser hermes`, a ChatML tools chat template (Qwen 2.5's layout: tools as JSON in
+`<tools>`, calls as `<tool_call>{"name": ..., "arguments": ...}</tool_call>`, results in
+`<tool_response>`; SmolLM2's own template drops the tools) and `--tool-strict-level parameter`
+(argument schemas enforced as if every tool were `strict`; without it the 135M model's arguments
+do not follow the schema). Ours runs as it ships (`server_vllm.py`, its default template for this
+model). Results: `--out-dir` (eval_<tool_choice>.json / .md), and the tables on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A ChatML tools template (the layout of Qwen 2.5's chat template, which vLLM's hermes parser
+# reads), with SmolLM2's own default system prompt. No BOS: SmolLM2's tokenizer adds none.
+CHATML_TOOLS_TEMPLATE = r"""
+{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}{%- set rest = messages[1:] %}
+{%- else %}{%- set system = 'You are a helpful AI assistant named SmolLM, trained by Hugging Face' %}{%- set rest = messages %}{%- endif %}
+{{- '<|im_start|>system\n' + system }}
+{%- if tools %}
+{{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+{%- for tool in tools %}{{- "\n" + (tool | tojson) }}{%- endfor %}
+{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>" }}
+{%- endif %}
+{{- '<|im_end|>\n' }}
+{%- for message in rest %}
+{%- if message.role == 'user' or message.role == 'system' or (message.role == 'assistant' and not message.tool_calls) %}
+{{- '<|im_start|>' + message.role + '\n' + (message.content or '') + '<|im_end|>\n' }}
+{%- elif message.role == 'assistant' %}
+{{- '<|im_start|>assistant' }}
+{%- if message.content %}{{- '\n' + message.content }}{%- endif %}
+{%- for tool_call in message.tool_calls %}
+{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
+{{- '\n<tool_call>\n{"name": "' + tool_call.name + '", "arguments": ' }}
+{%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}
+{{- '}\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\n' }}
+{%- elif message.role == 'tool' %}
+{%- if loop.first or rest[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
+{{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}
+{%- if loop.last or rest[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
+""".strip() + "\n"
+
+
+def wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 900.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server on port {port} did not become healthy:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--categories", default="simple_python,multiple,parallel,irrelevance")
+    parser.add_argument("--limit", type=int, default=None, help="first N items per category (default: all)")
+    parser.add_argument("--tool-choice", action="append", choices=("auto", "required", "none"),
+                        help="repeatable (default: auto and required)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--ours-port", type=int, default=8011)
+    parser.add_argument("--stock-port", type=int, default=8012)
+    parser.add_argument("--model", default=None, help="model folder (default: the converted default model)")
+    parser.add_argument("--out-dir", default="eval-results")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    from functionary.backends.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+
+    model_dir = args.model or str(ensure_default_model())
+    # Our server's CPU defaults for the default model, given to the stock server explicitly.
+    engine = ["--model", model_dir, "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16",
+              "--enforce-eager", "--max-model-len", "8192", "--block-size", "32"]
+    ours = [sys.executable, str(ROOT / "server_vllm.py")] + (["--model", args.model] if args.model else [])
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        template = Path(tmp) / "chatml_tools.jinja"
+        template.write_text(CHATML_TOOLS_TEMPLATE)
+        servers = {
+            "ours": (ours, args.ours_port),  # as it ships: its defaults, its own template choice
+            "vllm-stock": ([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
+                            "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                            "--chat-template", str(template), "--tool-strict-level", "parameter"], args.stock_port),
+        }
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+               "TMPDIR": tmp, "VLLM_RPC_BASE_PATH": tmp}
+        processes = []
+        try:
+            for name, (command, port) in servers.items():
+                log = Path(tmp) / f"{name}.log"
+                process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                                           stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                processes.append(process)
+                wait_healthy(port, process, log)
+                print(f"{name}: healthy on port {port}", flush=True)
+            for choice in args.tool_choice or ["auto", "required"]:
+                print(f"\n=== tool_choice {choice} (commit {commit}) ===", flush=True)
+                command = [sys.executable, "-m", "functionary", "eval", "bfcl",
+                           "--base-url", f"http://127.0.0.1:{args.ours_port}/v1",
+                           "--base-url", f"http://127.0.0.1:{args.stock_port}/v1",
+                           "--categories", args.categories, "--tool-choice", choice, "--temperature", "0",
+                           "--max-tokens", str(args.max_tokens), "--concurrency", str(args.concurrency),
+                           "--json", str(out_dir / f"eval_{choice}.json"), "--markdown", str(out_dir / f"eval_{choice}.md")]
+                if args.limit:
+                    command += ["--limit", str(args.limit)]
+                started = time.perf_counter()
+                done = subprocess.run(command, cwd=ROOT)
+                print(f"({time.perf_counter() - started:.0f} s)", flush=True)
+                if done.returncode != 0:
+                    return done.returncode
+        finally:
+            for process in processes:
+                stop(process)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
