@@ -64,7 +64,11 @@ def build_inference_prompt(
         choice = _normalize_choice(function_call, "function_call", legacy=True)
     else:
         normalized, choice = [], "none"
-    enforced = _enforce(normalized, choice, "function_call" if legacy else "tool_choice")
+    replacement = _own_definition(function_call if legacy else tool_choice)
+    if replacement is not None:  # the choice's own definition replaces the tool list
+        enforced = [replacement]
+    else:
+        enforced = _enforce(normalized, choice, "function_call" if legacy else "tool_choice")
 
     history = [_normalize_message(m, i) for i, m in enumerate(messages)]
     if not history:
@@ -121,6 +125,22 @@ def _normalize_choice(choice: Any, param: str, legacy: bool) -> ToolChoice:
     if not isinstance(name, str) or not name:
         raise PromptError(f"`{param}` names no function.", param)
     return {"type": "function", "function": {"name": name}}
+
+
+def _own_definition(choice: Any) -> Optional[dict]:
+    """The tool a named `tool_choice` defines itself, or None.
+
+    FORMAT_SPEC §2 `enforce_tool_choice`: a named choice with a description or parameters
+    becomes the whole tool list, whatever `tools` holds; one with neither (the usual
+    `{"type": "function", "function": {"name": ...}}`; null or "" count as absent) picks that
+    tool out of `tools`. (A legacy `function_call`, `{"name": ...}`, only ever picks by name.)
+    """
+    if not isinstance(choice, Mapping) or not isinstance(choice.get("function"), Mapping):
+        return None
+    function = choice["function"]
+    if function.get("description") in (None, "") and function.get("parameters") is None:
+        return None
+    return {"type": "function", "function": _normalize_function(function, "tool_choice.function")}
 
 
 def _enforce(tools: list[dict], choice: ToolChoice, param: str) -> list[dict]:
