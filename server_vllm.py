@@ -14,8 +14,6 @@ import logging
 import sys
 from typing import Any, Optional, Sequence
 
-logger = logging.getLogger("functionary.server")
-
 
 def build_parser() -> argparse.ArgumentParser:
     """vLLM's parser (all engine flags, `--config file.yaml`) plus the server flags."""
@@ -63,9 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log_level = resolve_log_level(args)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
-
     from functionary.api import create_app
+    from functionary.api.serve import serve
     from functionary.backends.engine_args import engine_args_from_cli
     from functionary.backends.vllm_backend import VLLMBackend
 
@@ -79,9 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        adaptive_threads=args.adaptive_cpu_threads)
 
     app = create_app(settings, backend_factory)
-    logger.info("listening on http://%s:%s", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=log_level.lower(), timeout_keep_alive=5)
-    return 0
+    return serve(app, args.host, args.port, log_level)
 
 
 if __name__ == "__main__":  # vLLM spawns worker processes: nothing may run on import

@@ -43,6 +43,7 @@ T = TypeVar("T")
 
 # Status recorded for a request whose client went away (nginx's convention; never sent).
 CLIENT_CLOSED_REQUEST = 499
+BACKEND_SHUTDOWN_TIMEOUT_S = 60.0
 
 
 class ClientDisconnected(Exception):
@@ -145,7 +146,11 @@ def _state(request: Request) -> Any:
 
 
 def _service(request: Request) -> ChatService:
-    service = getattr(_state(request), "service", None)
+    state = _state(request)
+    failure = getattr(state, "engine_failure", None)
+    if failure is not None:
+        raise EngineUnavailableError(f"The engine has failed and the server is shutting down: {failure}")
+    service = getattr(state, "service", None)
     if service is None:
         raise EngineUnavailableError("The engine is not ready.")
     return service
@@ -215,6 +220,9 @@ async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
 async def health(request: Request) -> Response:
     state = _state(request)
     backend = getattr(state, "backend", None)
+    failure = getattr(state, "engine_failure", None)
+    if failure is not None:
+        return error_response(503, f"The engine has failed: {failure}")
     if backend is None:
         return error_response(503, "The engine is not ready.")
     try:
@@ -300,6 +308,21 @@ def detect_template(backend: Any) -> Any:
     return get_prompt_template_by_version(DEFAULT_TEMPLATE_VERSION)
 
 
+async def watch_engine(app: FastAPI, backend: Any) -> None:
+    """Wait for the engine to die; then refuse everything (503) and call
+    `app.state.on_engine_dead` (the server's runner stops the process with a non-zero status,
+    so that a supervisor restarts it). Requests in flight end with the engine's error."""
+    wait_dead = getattr(backend, "wait_dead", None)
+    if wait_dead is None:
+        return
+    cause = await wait_dead()
+    app.state.engine_failure = cause
+    logger.error("the engine died (%s): refusing requests and stopping the server", cause)
+    on_dead = getattr(app.state, "on_engine_dead", None)
+    if on_dead is not None:
+        on_dead(cause)
+
+
 def create_app(
     settings: ServerSettings,
     backend_factory: BackendFactory,
@@ -336,12 +359,19 @@ def create_app(
             f"on, {settings.grammar_backend}" if grammar else "off",
             ", ".join(settings.served_model_names),
         )
+        watchdog = asyncio.create_task(watch_engine(app, backend), name="functionary-engine-watch")
         try:
             yield
         finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
             app.state.service = None
             app.state.backend = None
-            await backend.shutdown()
+            try:
+                await asyncio.wait_for(backend.shutdown(), BACKEND_SHUTDOWN_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                logger.error("the engine did not shut down within %.0f s", BACKEND_SHUTDOWN_TIMEOUT_S)
 
     app = FastAPI(title="functionary", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -349,6 +379,8 @@ def create_app(
     app.state.template = template
     app.state.backend = None
     app.state.service = None
+    app.state.engine_failure = None  # why the engine died, once it has
+    app.state.on_engine_dead = None  # set by the runner (functionary.api.serve)
     install_error_handlers(app)
     app.include_router(router)
     # Added inside-out: the API key check is innermost, CORS answers preflights before it,

@@ -74,3 +74,11 @@ class Backend(Protocol):
 
     async def shutdown(self) -> None:
         """Release the engine and everything it started."""
+
+
+@runtime_checkable
+class WatchableBackend(Protocol):
+    """A backend that can tell when its engine died for good (optional; the server exits then)."""
+
+    async def wait_dead(self) -> BaseException:
+        """Return the cause once the engine has died; never return while it serves."""

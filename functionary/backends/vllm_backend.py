@@ -35,10 +35,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional, Sequence
 
 from functionary.backends.base import LM_FORMAT_ENFORCER, XGRAMMAR, GenerationDelta, GenerationParams
 from functionary.backends.cpu_threads import ComputeThreads
+from functionary.backends.vllm_adapter import enable_engine_patches
 from functionary.grammar.cache import LRUCache
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 IN_PROCESS_ENV = "FUNCTIONARY_VLLM_IN_PROCESS"
 CONSTRAINT_KEY = "functionary_constraint"
 HEALTH_TIMEOUT_S = 30.0
+DEATH_POLL_S = 0.25
 GIL_SWITCH_INTERVAL_S = 0.0005
 GRAMMAR_WAIT_S = 0.005
 
@@ -260,7 +262,14 @@ class _InprocEngine:
     while idle and steps the engine while any request is unfinished.
     """
 
-    def __init__(self, engine_args: "AsyncEngineArgs", usage_context: Any, *, adaptive_threads: bool = True) -> None:
+    def __init__(
+        self,
+        engine_args: "AsyncEngineArgs",
+        usage_context: Any,
+        *,
+        adaptive_threads: bool = True,
+        on_dead: Optional[Callable[[BaseException], None]] = None,
+    ) -> None:
         self._engine_args = engine_args
         self._usage_context = usage_context
         self._adaptive_threads = adaptive_threads
@@ -271,6 +280,7 @@ class _InprocEngine:
         self._intake = threading.Lock()  # orders submit() against closing the queue
         self._start_error: Optional[BaseException] = None
         self.dead: Optional[BaseException] = None
+        self._on_dead = on_dead  # called on the engine thread when the engine fails
         self.stopped = False
         self.engine: Any = None  # vllm LLMEngine, built on the engine thread
         self.supported_tasks: Any = None
@@ -329,15 +339,17 @@ class _InprocEngine:
             return
         self._ready.set()
         engine = self.engine
-        scheduler = engine.engine_core.engine_core.scheduler
-
-        def has_work() -> bool:
-            # As EngineCoreProc's busy loop: also step once more after the last request
-            # finished, so the scheduler hands the finished ids to the worker (frees state).
-            return engine.has_unfinished_requests() or scheduler.has_requests()
-
         threads = self.compute_threads
+        # Everything after start-up runs inside this `try`: whatever raises marks the engine
+        # dead and fails every waiting request, instead of ending the thread silently.
         try:
+            scheduler = engine.engine_core.engine_core.scheduler
+
+            def has_work() -> bool:
+                # As EngineCoreProc's busy loop: also step once more after the last request
+                # finished, so the scheduler hands the finished ids to the worker (frees state).
+                return engine.has_unfinished_requests() or scheduler.has_requests()
+
             while True:
                 busy = has_work()
                 cmds = []
@@ -367,6 +379,8 @@ class _InprocEngine:
         except BaseException as exc:  # noqa: BLE001 - the engine is dead; tell everyone
             logger.exception("vLLM engine thread failed")
             self.dead = exc
+            if self._on_dead is not None:
+                self._on_dead(exc)
             for sink in self._sinks.values():
                 self._post(sink, EngineDeadError(f"vLLM engine failed: {exc!r}"))
             self._sinks.clear()
@@ -528,12 +542,16 @@ class VLLMBackend:
         self._closed = False
         self._inproc: Optional[_InprocEngine] = None
         self._async_llm: Any = None
+        self._death: Optional[BaseException] = None
         usage = UsageContext.OPENAI_API_SERVER
+        enable_engine_patches()  # before any engine process starts: they inherit the request
         # Request validation runs in this process in both modes (the input processor).
         if not remember_valid_structural_tags():
             logger.info("vLLM's xgrammar validation moved; structural tags are validated per request")
         if self.in_process:
-            self._inproc = _InprocEngine(engine_args, usage, adaptive_threads=adaptive_threads)
+            self._inproc = _InprocEngine(
+                engine_args, usage, adaptive_threads=adaptive_threads, on_dead=self._record_death
+            )
             vllm_config = self._inproc.engine.vllm_config
             self._tokenizer = self._inproc.engine.get_tokenizer()
         else:
@@ -585,6 +603,27 @@ class VLLMBackend:
             logger.warning("data parallel needs vLLM's multiprocess engine; not running in-process")
             in_process = False
         return bool(in_process)
+
+    # ---- engine death ---------------------------------------------------------------------
+    def _record_death(self, exc: BaseException) -> None:
+        self._death = exc if isinstance(exc, EngineDeadError) else EngineDeadError(f"vLLM engine failed: {exc!r}")
+
+    def _check_death(self) -> Optional[BaseException]:
+        """Why the engine died, or None while it lives (or after a clean shutdown)."""
+        if self._closed:
+            return None
+        if self._death is None and self._async_llm is not None and self._async_llm.errored:
+            self._record_death(EngineDeadError("vLLM engine core stopped unexpectedly"))
+        return self._death
+
+    async def wait_dead(self) -> BaseException:
+        """Return the cause once the engine has died for good; never returns while it serves
+        or after a clean `shutdown()` (the caller cancels it then). The server exits on it."""
+        while True:
+            death = self._check_death()
+            if death is not None:
+                return death
+            await asyncio.sleep(DEATH_POLL_S)
 
     # ---- Backend protocol ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
