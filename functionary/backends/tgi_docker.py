@@ -46,6 +46,7 @@ class LaunchPlan:
     volumes: dict[str, dict[str, str]]
     environment: dict[str, str] = field(default_factory=dict)
     name: str = ""
+    save_folder: str = ""  # created when the container is started
 
 
 def default_save_folder() -> Path:
@@ -71,7 +72,6 @@ def launch_plan(
         )
     port = url.port or (443 if url.scheme == "https" else 80)
     data = Path(save_folder).expanduser().resolve() if save_folder else default_save_folder()
-    data.mkdir(parents=True, exist_ok=True)
     volumes = {str(data): {"bind": DATA_MOUNT, "mode": "rw"}}
     local = Path(model).expanduser()
     if local.is_dir():
@@ -94,6 +94,7 @@ def launch_plan(
         volumes=volumes,
         environment=environment,
         name=f"functionary-tgi-{port}-{uuid.uuid4().hex[:6]}",
+        save_folder=str(data),
     )
 
 
@@ -212,6 +213,7 @@ def ensure_endpoint(
         return None
     plan = launch_plan(model, endpoint, save_folder=save_folder, max_total_tokens=max_total_tokens, image=image)
     client = docker_client(docker_factory)
+    Path(plan.save_folder).mkdir(parents=True, exist_ok=True)
     container = TGIContainer.start(client, plan, endpoint)
     try:
         container.wait_healthy(startup_timeout, poll=poll)
