@@ -80,7 +80,7 @@ def wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float
 
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
+        os.killpg(process.pid, signal.SIGTERM)  # SIGINT is ignored in a background job (nohup ... &)
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
@@ -124,7 +124,8 @@ def main() -> int:
         }
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                "TMPDIR": tmp, "VLLM_RPC_BASE_PATH": tmp}
-        processes = []
+        processes: list[subprocess.Popen] = []
+        runs: dict = {}
         try:
             for name, (command, port) in servers.items():
                 log = Path(tmp) / f"{name}.log"
@@ -133,8 +134,10 @@ def main() -> int:
                 processes.append(process)
                 wait_healthy(port, process, log)
                 print(f"{name}: healthy on port {port}", flush=True)
+            # The tool_choice modes run at the same time, each side by side on both servers: larger
+            # batches get more out of these 2 cores than one mode after the other.
+            started = time.perf_counter()
             for choice in args.tool_choice or ["auto", "required"]:
-                print(f"\n=== tool_choice {choice} (commit {commit}) ===", flush=True)
                 command = [sys.executable, "-m", "functionary", "eval", "bfcl",
                            "--base-url", f"http://127.0.0.1:{args.ours_port}/v1",
                            "--base-url", f"http://127.0.0.1:{args.stock_port}/v1",
@@ -143,12 +146,22 @@ def main() -> int:
                            "--json", str(out_dir / f"eval_{choice}.json"), "--markdown", str(out_dir / f"eval_{choice}.md")]
                 if args.limit:
                     command += ["--limit", str(args.limit)]
-                started = time.perf_counter()
-                done = subprocess.run(command, cwd=ROOT)
-                print(f"({time.perf_counter() - started:.0f} s)", flush=True)
-                if done.returncode != 0:
-                    return done.returncode
+                output = open(out_dir / f"eval_{choice}.log", "w")
+                runs[choice] = (subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT), output)
+                print(f"tool_choice {choice}: running, progress in {out_dir / f'eval_{choice}.log'}", flush=True)
+            failed = 0
+            for choice, (process, output) in runs.items():
+                failed |= process.wait()
+                output.close()
+                print(f"\n=== tool_choice {choice} (commit {commit}; {time.perf_counter() - started:.0f} s) ===", flush=True)
+                print((out_dir / f"eval_{choice}.log").read_text(), flush=True)
+            if failed:
+                return 1
         finally:
+            for process, _ in runs.values():
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait()
             for process in processes:
                 stop(process)
     return 0
