@@ -102,12 +102,21 @@ async def _evaluate(args: argparse.Namespace, entries: list, stdout: TextIO, std
                             disable=args.no_progress)
         with progress:
             task = progress.add_task("bfcl", total=len(entries) * len(endpoints), status="")
-            done = {"correct": 0, "errors": 0}
+            done = {"items": 0, "correct": 0, "errors": 0}
+
+            total = len(entries) * len(endpoints)
+            plain = not args.no_progress and not progress.console.is_terminal  # a log file: a line per 5 %
 
             def on_item(item) -> None:
+                done["items"] += 1
                 done["correct"] += item.correct
                 done["errors"] += item.error is not None
-                progress.update(task, advance=1, status=f"correct {done['correct']}, errors {done['errors']}")
+                finished = done["items"]
+                status = f"correct {done['correct']}, errors {done['errors']}"
+                progress.update(task, advance=1, status=status)
+                if plain and (finished == total or finished % max(1, total // 20) == 0):
+                    stderr.write(f"bfcl: {finished}/{total} done ({status})\n")
+                    stderr.flush()
 
             return await run(endpoints, entries, settings, on_item)
 
