@@ -54,6 +54,13 @@ class Case:
     stream: bool = False
     # An upload the server may refuse before reading it all (413 by Content-Length).
     may_cut_upload: bool = False
+    # Bytes of filler for an over-size body, made when sent (10,000 cases of 8 MiB would not fit).
+    oversize: int = 0
+
+    def payload(self) -> Optional[bytes]:
+        if self.oversize:
+            return b'{"messages": [{"role": "user", "content": "' + b"a" * self.oversize + b'"}]}'
+        return self.body
 
 
 # ------------------------------------------------------------------------------- strategies
@@ -279,8 +286,7 @@ def raw_cases(draw: Any) -> Case:
     if kind == "deep-nesting":
         return Case(kind, body=_nested(draw(st.sampled_from([100, 1000, 10_000, 200_000]))))
     if kind == "too-large-body":
-        filler = b"a" * (BODY_LIMIT + draw(st.integers(1, 4096)))
-        return Case(kind, body=b'{"messages": [{"role": "user", "content": "' + filler + b'"}]}', may_cut_upload=True)
+        return Case(kind, oversize=BODY_LIMIT + draw(st.integers(1, 4096)), may_cut_upload=True)
     if kind == "big-header":
         # Over the app's limit, under the HTTP parser's (the limit + 16 KiB): the middleware's 431.
         size = HEADER_LIMIT + draw(st.integers(1, 12 * 1024))
@@ -318,35 +324,30 @@ CHAT_CASES = st.tuples(chat_bodies(), st.integers(0, 3)).map(
 
 
 def generate_cases(count: int, seed: int) -> list[Case]:
-    """`count` cases, the same ones for the same seed (and hypothesis version)."""
+    """`count` cases, the same ones for the same seed (and hypothesis version): about one in ten
+    is raw HTTP, the rest chat bodies; over-size bodies (8 MiB each) are kept to a few."""
     out: list[Case] = []
-    raws: list[Case] = []
+    big = 0
 
     @hypothesis_seed(seed)
     @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(CHAT_CASES, raw_cases())
     def collect(case: Case, raw: Case) -> None:
-        out.append(case)
-        raws.append(raw)
+        nonlocal big
+        if len(out) % 10 != 5:
+            out.append(case)
+            return
+        if raw.kind == "too-large-body":
+            big += 1
+            if big > max(1, count // 2000):
+                raw = Case("deep-nesting", body=_nested(1000))
+        out.append(raw)
 
     collect()
-    # About one case in ten is raw HTTP; the big bodies (8 MiB each) are kept to a few.
-    mixed: list[Case] = []
-    big = 0
-    for i, case in enumerate(out):
-        if i % 10 == 5:
-            raw = raws[i]
-            if raw.kind == "too-large-body":
-                big += 1
-                if big > max(1, count // 2000):
-                    raw = Case("deep-nesting", body=_nested(1000))
-            mixed.append(raw)
-        else:
-            mixed.append(case)
-    while len(mixed) < count:  # hypothesis may stop early on a small search space
-        mixed.append(Case("chat", body=VALID_BYTES))
-    return mixed[:count]
+    while len(out) < count:  # hypothesis may stop early on a small search space
+        out.append(Case("chat", body=VALID_BYTES))
+    return out[:count]
 
 
 # ------------------------------------------------------------------------------------ oracle
@@ -424,7 +425,7 @@ class Outcome:
 async def send(client: httpx.AsyncClient, base: str, case: Case) -> Outcome:
     start = time.perf_counter()
     try:
-        response = await client.request(case.method, base + case.path, headers=case.headers, content=case.body)
+        response = await client.request(case.method, base + case.path, headers=case.headers, content=case.payload())
     except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
         if case.may_cut_upload:
             return Outcome(case, None, None, time.perf_counter() - start)  # refused mid-upload
