@@ -1,0 +1,51 @@
+"""A small disconnect storm (benchmarks/disconnect_storm.py; the full one has 256 clients) against
+the real server on the default model with grammar sampling on (marked slow; CI runs it):
+32 concurrent tool-call clients, streaming and not, dropping their connections while queued,
+after the first chunk, in text and in arguments, some reading to the end."""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import running_server
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENTS = 32
+
+
+def load_storm():
+    spec = importlib.util.spec_from_file_location("functionary_disconnect_storm", ROOT / "benchmarks" / "disconnect_storm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("storm")
+    with running_server(tmp, ["--enable-grammar-sampling"]) as base:
+        yield base
+    log = (tmp / "server.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-4000:]
+
+
+def test_a_disconnect_storm_leaves_no_request_behind_and_memory_where_it_was(server):
+    storm = load_storm()
+    report = asyncio.run(storm.campaign(server, CLIENTS, rounds=1, seed=4242, max_tokens=32))
+    detail = json.dumps(report, indent=1)
+    assert report["warm_up_ok"], detail
+    for run in report["rounds_detail"]:
+        assert run["problems"] == [], detail
+        assert run["engine_running"] == 0 and run["engine_waiting"] == 0, detail
+        assert run["server_running"] == 0, detail
+        assert run["new_request_answered"], detail
+        dropped = sum(v for k, v in run["outcomes"].items() if k.endswith(":dropped"))
+        assert dropped >= CLIENTS // 4, detail  # the storm did drop connections
+    assert any(run["completed_valid"] for run in report["rounds_detail"]), detail
+    assert report["rss_growth"] <= report["rss_tolerance"], detail
