@@ -46,6 +46,7 @@ class ItemResult:
     completion_tokens: int
     finish_reason: Optional[str]
     reason: Optional[str] = None
+    endpoint: int = 0  # position of its --base-url (the same URL may be given twice: an A/A run)
 
 
 def _body(settings: Settings, messages: list, tools: list) -> dict:
@@ -56,12 +57,12 @@ def _body(settings: Settings, messages: list, tools: list) -> dict:
     return body
 
 
-async def run_item(endpoint: Endpoint, entry: Entry, settings: Settings, run_tag: str) -> ItemResult:
+async def run_item(endpoint: Endpoint, entry: Entry, settings: Settings, run_tag: str, position: int = 0) -> ItemResult:
     tools = to_openai_tools(entry.functions)
 
     def result(**fields) -> ItemResult:
         return ItemResult(base_url=endpoint.base_url, model=endpoint.model or "", category=entry.category,
-                          id=entry.id, **fields)
+                          id=entry.id, endpoint=position, **fields)
 
     async def ask(messages: list) -> Completion:
         return await endpoint.chat(_body(settings, messages, tools.tools))
@@ -91,15 +92,15 @@ async def run_item(endpoint: Endpoint, entry: Entry, settings: Settings, run_tag
 async def run(endpoints: list[Endpoint], entries: list[Entry], settings: Settings,
               on_item: Callable[[ItemResult], None] = lambda _: None) -> list[ItemResult]:
     """Every entry on every endpoint, alternating; results in the same (entry, endpoint) order."""
-    jobs = [(entry, endpoint) for entry in entries for endpoint in endpoints]
+    jobs = [(entry, position) for entry in entries for position in range(len(endpoints))]
     results: list[Optional[ItemResult]] = [None] * len(jobs)
     next_job = iter(range(len(jobs)))
     run_tag = f"functionary_eval_{next(_run_ids)}"
 
     async def worker() -> None:
         for index in next_job:  # a shared iterator: each job is taken once, in order
-            entry, endpoint = jobs[index]
-            results[index] = await run_item(endpoint, entry, settings, run_tag)
+            entry, position = jobs[index]
+            results[index] = await run_item(endpoints[position], entry, settings, run_tag, position)
             on_item(results[index])
 
     await asyncio.gather(*(worker() for _ in range(max(1, settings.concurrency))))

@@ -3,7 +3,8 @@
 The JSON file has the shape the issue fixes (`results` with base_url, model, category, total,
 correct, errors; `items` with base_url, model, category, id, correct, calls, error, latency_s,
 completion_tokens), plus `truncated` per result and `finish_reason` and `reason` per item: how
-many answers `max_tokens` cut (finish_reason "length") and why an answer was judged wrong.
+many answers `max_tokens` cut (finish_reason "length") and why an answer was judged wrong, and
+`endpoint` in both (the position of the --base-url; the same URL may be given twice).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .harness import ItemResult
 
 @dataclass(frozen=True)
 class CategoryResult:
+    endpoint: int  # position of its --base-url
     base_url: str
     model: str
     category: str
@@ -34,15 +36,14 @@ class CategoryResult:
 
 def summarize(items: list[ItemResult]) -> list[CategoryResult]:
     """One row per (endpoint, category), endpoints and categories in the order they first appear."""
-    groups: dict[tuple[str, str, str], list[ItemResult]] = {}
+    groups: dict[tuple[int, str], list[ItemResult]] = {}
     for item in items:
-        groups.setdefault((item.base_url, item.model, item.category), []).append(item)
-    order = {url: i for i, url in enumerate(dict.fromkeys(item.base_url for item in items))}
+        groups.setdefault((item.endpoint, item.category), []).append(item)
     rows = []
-    for (url, model, category), group in sorted(groups.items(), key=lambda kv: order[kv[0][0]]):
+    for (endpoint, category), group in sorted(groups.items(), key=lambda kv: kv[0][0]):  # stable: categories keep their order
         answered = [i for i in group if i.error is None]
         rows.append(CategoryResult(
-            base_url=url, model=model, category=category, total=len(group),
+            endpoint=endpoint, base_url=group[0].base_url, model=group[0].model, category=category, total=len(group),
             correct=sum(i.correct for i in group), errors=len(group) - len(answered),
             truncated=sum(i.finish_reason == "length" for i in group),
             mean_latency_s=statistics.fmean([i.latency_s for i in answered]) if answered else 0.0,
@@ -54,7 +55,8 @@ def summarize(items: list[ItemResult]) -> list[CategoryResult]:
 def to_json(rows: list[CategoryResult], items: list[ItemResult]) -> dict:
     return {
         "results": [{"base_url": r.base_url, "model": r.model, "category": r.category, "total": r.total,
-                     "correct": r.correct, "errors": r.errors, "truncated": r.truncated} for r in rows],
+                     "correct": r.correct, "errors": r.errors, "truncated": r.truncated, "endpoint": r.endpoint}
+                    for r in rows],
         "items": [asdict(i) for i in items],
     }
 
@@ -65,8 +67,8 @@ def write_json(path: str, rows: list[CategoryResult], items: list[ItemResult]) -
         f.write("\n")
 
 
-def _endpoints(rows: list[CategoryResult]) -> list[tuple[str, str]]:
-    return list(dict.fromkeys((r.base_url, r.model) for r in rows))
+def _endpoints(rows: list[CategoryResult]) -> list[tuple[int, str, str]]:
+    return sorted(dict.fromkeys((r.endpoint, r.base_url, r.model) for r in rows))
 
 
 def _categories(rows: list[CategoryResult]) -> list[str]:
@@ -78,24 +80,24 @@ def table(rows: list[CategoryResult]) -> tuple[list[str], list[list[str]]]:
     errors, answers cut by max_tokens, mean latency and completion tokens), then each other
     endpoint's difference from the first."""
     endpoints = _endpoints(rows)
-    by_key = {(r.base_url, r.model, r.category): r for r in rows}
+    by_key = {(r.endpoint, r.category): r for r in rows}
     header = ["category"]
-    for k, (url, model) in enumerate(endpoints):
+    for k, (_, url, model) in enumerate(endpoints):
         header.append(f"[{k + 1}] {model} @ {url}")
     header += [f"[{k + 1}] - [1]" for k in range(1, len(endpoints))]
     body = []
     for category in _categories(rows):
         cells = [category]
         first: Optional[CategoryResult] = None
-        for url, model in endpoints:
-            r = by_key.get((url, model, category))
+        for endpoint, _, _ in endpoints:
+            r = by_key.get((endpoint, category))
             first = first or r
             cells.append("-" if r is None else
                          f"{100 * r.accuracy:.1f} % ({r.correct}/{r.total}; errors {r.errors}; "
                          f"cut {100 * r.truncated / r.total:.0f} %; {r.mean_latency_s:.2f} s, "
                          f"{r.mean_completion_tokens:.0f} tok)")
-        for url, model in endpoints[1:]:
-            r = by_key.get((url, model, category))
+        for endpoint, _, _ in endpoints[1:]:
+            r = by_key.get((endpoint, category))
             cells.append("-" if r is None or first is None else f"{100 * (r.accuracy - first.accuracy):+.1f} pt")
         body.append(cells)
     return header, body
@@ -109,7 +111,7 @@ def markdown(rows: list[CategoryResult]) -> str:
     lines.append("")
     lines.append("Each cell: accuracy (correct/total; requests that failed; share of answers cut by "
                  "max_tokens; mean latency per item; mean completion tokens per item). "
-                 + "; ".join(f"[{k + 1}] = `{m}` at {u}" for k, (u, m) in enumerate(endpoints)) + ".")
+                 + "; ".join(f"[{k + 1}] = `{m}` at {u}" for k, (_, u, m) in enumerate(endpoints)) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -87,12 +87,12 @@ def test_two_endpoints_side_by_side_json_shape_and_counts(live, tmp_path):
     for category in CATEGORIES:
         assert results[(f"{a.url}/v1", category)] | {"base_url": None} == {
             "base_url": None, "model": "functionary-test", "category": category, "total": LIMIT,
-            "correct": LIMIT, "errors": 0, "truncated": 0}
+            "correct": LIMIT, "errors": 0, "truncated": 0, "endpoint": 0}
     assert results[(f"{b.url}/v1", "simple_python")]["correct"] == 2
     assert results[(f"{b.url}/v1", "irrelevance")]["correct"] == 2
     assert results[(f"{b.url}/v1", "parallel")] | {"base_url": None} == {
         "base_url": None, "model": "functionary-test", "category": "parallel", "total": LIMIT, "correct": 2,
-        "errors": 1, "truncated": 0}
+        "errors": 1, "truncated": 0, "endpoint": 1}
 
     items = report["items"]
     assert len(items) == 2 * LIMIT * len(CATEGORIES)
@@ -161,3 +161,15 @@ def test_tool_choice_and_tools_reach_the_server(live, tmp_path):
     # the tool's JSON Schema, converted from BFCL's Python types, is in the rendered prompt
     assert any(re.search(r"namespace functions", p) for p in prompts)
     assert any("math_factorial" in p for p in prompts)
+
+
+def test_the_same_endpoint_twice_is_an_a_a_run(live, tmp_path):
+    server = live(fake=FakeBackend(script({0, 1})))
+    out_json = tmp_path / "out.json"
+    code, stdout, stderr = run_cli(["eval", "bfcl", "--base-url", f"{server.url}/v1", "--base-url", f"{server.url}/v1",
+                                    "--categories", "simple_python", "--limit", "2", "--json", str(out_json),
+                                    "--no-progress"])
+    assert code == 0, stderr
+    results = json.loads(out_json.read_text())["results"]
+    assert [(r["endpoint"], r["total"], r["correct"]) for r in results] == [(0, 2, 2), (1, 2, 2)]
+    assert "+0.0 pt" in stdout
