@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="model folder (default: the converted default model)")
     parser.add_argument("--out-dir", default="eval-results")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on `kill` too (finally below)
 
     sys.path.insert(0, str(ROOT))
     from functionary.backends.default_model import DEFAULT_MODEL_NAME, ensure_default_model
