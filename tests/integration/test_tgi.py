@@ -237,19 +237,20 @@ async def test_parameters_tgi_cannot_honour_are_a_400_naming_them(standins, mode
 
 
 async def test_stops_beyond_max_stop_sequences_are_still_enforced(standins, model_folders):
-    standin = standins(build_format_tokenizer("v3.llama3"),
-                       lambda body: "one two three four five six<|eot_id|>", max_stop_sequences=2, delay=0.01)
+    text = "one two three four five " + " ".join(["more"] * 60) + "<|eot_id|>"
+    standin = standins(build_format_tokenizer("v3.llama3"), lambda body: text, max_stop_sequences=2, delay=0.02)
     async with serving(standin, model_folders["v3.llama3"]) as (_, client):
-        whole, streamed = await both(client, messages=USER, stop=["six", "five", "four"])
+        whole, streamed = await both(client, messages=USER, stop=["never", "nowhere", "four"])
         # TGI keeps a matched stop sequence in its output: we do not
         whole_two, _ = await both(client, messages=USER, stop=["two"])
     # only `max_stop_sequences` went to TGI; "four" (third) still ended the answer, locally
-    assert parameters_of(standin, 0)["stop"] == ["six", "five"]
+    assert parameters_of(standin, 0)["stop"] == ["never", "nowhere"]
     assert message_of(whole) == ("one two three", [], "stop")
     assert message_of(streamed) == message_of(whole)
     assert message_of(whole_two) == ("one", [], "stop")
-    # a choice stopped here closes its upstream stream (TGI stops generating)
-    assert standin.requests[0].disconnected
+    # a choice stopped here closes its upstream stream: TGI stops generating the 60 words left
+    await wait_for(lambda: standin.requests[0].disconnected, timeout=10)
+    assert not standin.requests[0].finished
 
 
 # ---------------------------------------------------------------------------------------------
