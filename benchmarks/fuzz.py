@@ -551,11 +551,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         sys.path.insert(0, str(ROOT))
         from tests.support.server import running_server
 
-        with tempfile.TemporaryDirectory() as tmp:
-            with running_server(Path(tmp), args.server_arg) as base:
-                report = run(base)
-                log = (Path(tmp) / "server.log").read_text(errors="replace")
-        report["server_log_tracebacks"] = log.count("Traceback")
+        tmp = Path(tempfile.mkdtemp(prefix="fuzz-"))  # kept: the server log is evidence
+        print(f"server log: {tmp / 'server.log'}", flush=True)
+        with running_server(tmp, args.server_arg) as base:
+            report = run(base)
+        report["server_log_tracebacks"] = (tmp / "server.log").read_text(errors="replace").count("Traceback")
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
     if args.out:
