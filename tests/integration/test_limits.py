@@ -231,3 +231,24 @@ async def test_limits_can_be_switched_off(harness):
     r = await h.post({"model": MODEL, "messages": [{"role": "user", "content": "z" * 100_000}]},
                      headers={"x-big": "a" * 100_000})
     assert r.status_code == 200
+
+
+def test_limit_flags_become_settings():
+    import argparse
+
+    from functionary.api.server_flags import add_server_args, server_settings
+
+    parser = add_server_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--max-request-body-bytes", "123", "--max-header-bytes", "4567", "--request-timeout", "2.5",
+                              "--max-concurrent-requests", "7", "--max-tools", "3", "--max-tool-schema-depth", "5",
+                              "--max-tools-bytes", "999"])
+    settings = server_settings(args, ["m"])
+    assert (settings.max_request_body_bytes, settings.max_header_bytes, settings.request_timeout,
+            settings.max_concurrent_requests) == (123, 4567, 2.5, 7)
+    assert (settings.tool_limits.max_tools, settings.tool_limits.max_schema_depth,
+            settings.tool_limits.max_tools_bytes) == (3, 5, 999)
+    defaults = server_settings(parser.parse_args([]), ["m"])
+    assert (defaults.max_request_body_bytes, defaults.max_header_bytes, defaults.request_timeout,
+            defaults.max_concurrent_requests, defaults.max_tools) == (8 * 1024 * 1024, 64 * 1024, 600.0, 512, 128)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-concurrent-requests", "-1"])
