@@ -353,7 +353,7 @@ class TGIBackend:
 
     # -- generation -----------------------------------------------------------------------
 
-    def _prepare(self, prompt_token_ids: list[int], params: GenerationParams) -> _Request:
+    def _prepare(self, request_id: str, prompt_token_ids: list[int], params: GenerationParams) -> _Request:
         if params.n < 1:
             raise InvalidRequestError("`n` must be at least 1.", param="n")
         if not params.max_tokens or params.max_tokens < 1:
@@ -384,7 +384,7 @@ class TGIBackend:
         )
         if plan.grammar is not None:
             parameters["grammar"] = plan.grammar
-        logger.info("TGI request: %s", plan.guarantee)
+        logger.info("%s on TGI: %s", request_id, plan.guarantee)
         return _Request(
             prompt=self._prompt_text(prompt_token_ids),
             parameters=parameters,
@@ -401,7 +401,7 @@ class TGIBackend:
             raise EngineUnavailableError("the TGI back end was shut down")
         if request_id in self._running:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
-        request = self._prepare(prompt_token_ids, params)
+        request = self._prepare(request_id, prompt_token_ids, params)
         queue: asyncio.Queue = asyncio.Queue()
         tasks = [
             asyncio.create_task(self._run_choice(i, request, queue), name=f"tgi-{request_id}-{i}")
@@ -465,8 +465,6 @@ class TGIBackend:
                         return
                     if released or ids:
                         await queue.put(GenerationDelta(index, released, ids, None))
-            except asyncio.CancelledError:
-                raise
             except ServiceError as exc:
                 await queue.put(exc)
                 return

@@ -107,11 +107,13 @@ def parameters_of(standin: TGIStandIn, k: int = -1) -> dict:
 # named, required and plain requests
 
 
-async def test_named_choice_is_held_to_the_schema_by_tgi_grammar(standins, model_folders):
+async def test_named_choice_is_held_to_the_schema_by_tgi_grammar(standins, model_folders, caplog):
     # The default model is not a Functionary model: grammar sampling is on by default.
     standin = standins(default_tokenizer(), lambda body: '{"city": "Paris"}')
     async with serving(standin, model_folders["default"]) as (_, client):
-        whole, streamed = await both(client, messages=USER, tools=TOOLS, tool_choice=NAMED, temperature=0)
+        with caplog.at_level("INFO", logger="functionary.backends.tgi"):
+            whole, streamed = await both(client, messages=USER, tools=TOOLS, tool_choice=NAMED, temperature=0)
+    assert "named tool_choice 'get_weather': arguments guaranteed by TGI's JSON grammar" in caplog.text
     assert message_of(whole) == (None, [("get_weather", {"city": "Paris"})], "tool_calls")
     assert message_of(streamed) == message_of(whole)
     for record in standin.requests:
