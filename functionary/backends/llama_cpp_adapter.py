@@ -23,9 +23,12 @@ _INSTALL_HINT = "The llama.cpp backend needs llama-cpp-python: pip install 'func
 def import_llama_cpp() -> Any:
     """`llama_cpp.llama_cpp` (the ctypes binding), or an ImportError naming the extra."""
     try:
+        from llama_cpp import _logger
         from llama_cpp import llama_cpp as lib
     except ImportError as exc:
         raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
+    # llama.cpp logs every graph it builds; keep its errors only (its own switch).
+    _logger.set_verbose(False)
     return lib
 
 
@@ -39,6 +42,7 @@ class LlamaConfig:
     n_threads: int
     n_gpu_layers: int = 0
     n_batch: int = 512  # tokens per llama_decode call (prompt chunks + one per running sequence)
+    weight_repack: bool = False  # llama.cpp's extra buffer types (AMX/CPU weight repacking)
 
 
 class LlamaModelContext:
@@ -57,6 +61,12 @@ class LlamaModelContext:
         lib.llama_backend_init()
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = int(config.n_gpu_layers)
+        # No "extra buffer types" (weights repacked at load for AMX / CPU-specific kernels): with
+        # llama.cpp as built by llama-cpp-python 0.3.36, the AMX-repacked Q4_1 weights of the
+        # default model crash `llama_decode` on any batch of more than one token on this
+        # project's CPUs (Sapphire Rapids); the plain CPU kernels are correct and, measured
+        # here, lose little on a 135M model.
+        mparams.use_extra_bufts = bool(config.weight_repack)
         self.model = lib.llama_model_load_from_file(config.model_path.encode(), mparams)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {config.model_path}")
@@ -142,6 +152,10 @@ class LlamaModelContext:
         if not ptr:
             raise RuntimeError(f"llama.cpp has no logits for batch item {batch_index}")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def set_threads(self, n: int) -> None:
+        """Threads the next decodes compute on."""
+        self._lib.llama_set_n_threads(self.ctx, n, n)
 
     # ---- KV cache per sequence ---------------------------------------------------------
     def seq_clear(self, seq: int, start: int = 0) -> None:
