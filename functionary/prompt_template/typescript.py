@@ -7,11 +7,10 @@ keep input order for anything else.
 """
 from __future__ import annotations
 
-import copy
 import json
-from typing import Any, Iterable, Mapping, Optional
-
-import jsonref
+import re
+from typing import Any, Callable, Iterable, Mapping, Optional
+from urllib.parse import unquote
 
 from .errors import PromptError
 
@@ -21,42 +20,194 @@ _INDENT = "    "
 
 def render_namespace(functions: Iterable[Mapping[str, Any]], namespace: str = "functions") -> str:
     """Render function definitions (dicts with name/description/parameters) as the TS namespace."""
+    functions = [f.model_dump() if hasattr(f, "model_dump") else f for f in functions]
+    aliases = _Aliases({str(f.get("name")) for f in functions if f.get("name") is not None})
     out = HEADER + f"namespace {namespace} {{\n\n"
     for function in functions:
-        if hasattr(function, "model_dump"):
-            function = function.model_dump()
         name = function.get("name")
         if name is None:
             continue
-        out += f"// {function.get('description', '')}\n"
-        out += f"type {name}"
         parameters = function.get("parameters")
+        body = " = () => any;\n\n"
         if isinstance(parameters, Mapping) and parameters.get("properties") is not None:
-            parameters = resolve_refs(parameters)
+            parameters = aliases.resolve(parameters)
+            out += aliases.declarations()
             lines = param_lines(parameters["properties"], parameters.get("required", []), 0)
-            out += " = (_: {\n" + "\n".join(lines) + "\n}) => any;\n\n"
-        else:
-            out += " = () => any;\n\n"
+            body = " = (_: {\n" + "\n".join(lines) + "\n}) => any;\n\n"
+        out += f"// {function.get('description', '')}\n"
+        out += f"type {name}" + body
     out += f"}} // namespace {namespace}"
     return out
 
 
-def resolve_refs(schema: Mapping[str, Any]) -> dict:
-    """Inline every local `$ref` (JSON pointers relative to `schema`); sibling keys of a $ref are dropped.
-    Returns a copy."""
+class _Aliases:
+    """Named types for recursive definitions, which cannot be written out inline.
+
+    The original renderer inlined every `$ref` and never ended on a recursive one. Here every
+    `$ref` to a recursive definition renders as a type alias named after it (`#/$defs/TreeNode`
+    -> `TreeNode`), declared in the namespace before the first function that uses it:
+
+        type TreeNode = {
+        label: string,
+        children?: TreeNode[],
+        };
+
+    Schemas without recursion render exactly as before.
+    """
+
+    def __init__(self, taken: set[str]) -> None:
+        self._taken = set(taken)  # function names and alias names: each alias name is new
+        self._root: Mapping[str, Any] = {}
+        self._recursive: frozenset[str] = frozenset()
+        self._names: dict[str, str] = {}  # pointer -> alias name, for the current function
+        self._pending: list[str] = []  # pointers named but not declared yet
+        self._by_definition: dict[tuple, str] = {}  # every function's aliases, by what they stand for
+
+    def resolve(self, parameters: Mapping[str, Any]) -> dict:
+        """`parameters` with its `$ref`s inlined, recursive ones as alias references."""
+        found: set[str] = set()
+        resolve_refs(parameters, on_cycle=lambda pointer: found.add(pointer) or {})
+        self._root, self._recursive, self._names, self._pending = parameters, frozenset(found), {}, []
+        if not found:
+            return resolve_refs(parameters)
+        return resolve_refs(parameters, on_cycle=self._reference, as_reference=self._recursive)
+
+    def _reference(self, pointer: str) -> dict:
+        if pointer not in self._names:
+            key = self._definition_key(pointer)
+            if key in self._by_definition:  # another function's alias for the same type
+                self._names[pointer] = self._by_definition[key]
+            else:
+                base = name = _identifier(pointer)
+                n = 2
+                while name in self._taken:
+                    name, n = f"{base}_{n}", n + 1
+                self._taken.add(name)
+                self._names[pointer] = self._by_definition[key] = name
+                self._pending.append(pointer)
+        return {"type": self._names[pointer]}
+
+    def _definition_key(self, pointer: str) -> tuple:
+        """What the alias stands for: the definition and every one it refers to, transitively."""
+        seen: dict[str, str] = {}
+        todo = [pointer]
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            node = _lookup(self._root, current, "#" + current)
+            seen[current] = json.dumps(node, sort_keys=True)
+            todo.extend(_local_pointer(ref) for ref in _refs_in(node))
+        return (pointer, tuple(sorted(seen.items())))
+
+    def declarations(self) -> str:
+        out = ""
+        while self._pending:
+            pointer = self._pending.pop(0)
+            target = resolve_refs(self._root, on_cycle=self._reference, start=pointer,
+                                  as_reference=self._recursive)
+            out += _alias_declaration(self._names[pointer], target)
+        return out
+
+
+def _refs_in(node: Any) -> Iterable[str]:
+    if isinstance(node, list):
+        for value in node:
+            yield from _refs_in(value)
+    elif isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        else:
+            for value in node.values():
+                yield from _refs_in(value)
+
+
+def _identifier(pointer: str) -> str:
+    last = pointer.rstrip("/").rsplit("/", 1)[-1] if pointer.strip("/") else "Root"
+    name = re.sub(r"\W", "_", last)
+    return name if name and not name[0].isdigit() else f"T_{name}"
+
+
+def _alias_declaration(name: str, schema: Any) -> str:
+    head = ""
+    if isinstance(schema, Mapping) and "description" in schema:
+        head = f"// {schema['description']}\n".replace("\n", " ").rstrip() + "\n"
+    if isinstance(schema, Mapping) and param_type(schema) == "object":
+        lines = param_lines(schema.get("properties") or {}, schema.get("required") or [], 0)
+        return head + f"type {name} = {{\n" + "\n".join(lines) + "\n};\n\n"
+    if isinstance(schema, Mapping) and param_type(schema) == "array":
+        return head + f"type {name} = {array_ts(None, schema, 0).strip()};\n\n"
+    ptype = param_type(schema) if isinstance(schema, Mapping) else "any"
+    return head + f"type {name} = {ptype};\n\n"
+
+
+def resolve_refs(
+    schema: Mapping[str, Any],
+    on_cycle: Optional[Callable[[str], Any]] = None,
+    start: Optional[str] = None,
+    as_reference: frozenset = frozenset(),
+) -> dict:
+    """Inline every local `$ref` (JSON pointers relative to `schema`, jsonref's semantics: the
+    whole object is replaced, sibling keys are dropped). Returns a copy.
+
+    A `$ref` back into a definition that is being inlined (a recursive type) becomes
+    `on_cycle(pointer)`; by default `{}`, JSON Schema's "any value" (the recursion unrolled
+    once). `start`: resolve the node at that pointer instead of the root, as if entered by a
+    `$ref` to it. `as_reference`: pointers whose every `$ref` goes to `on_cycle`, not only the
+    cyclic ones. A broken reference raises PromptError (HTTP 400).
+    """
     try:
         text = json.dumps(schema)
-    except (TypeError, ValueError):
-        text = None
-    if text is not None and '"$ref"' not in text:
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"Tool parameters are not JSON: {exc}", "tools") from None
+    if start is None and '"$ref"' not in text:
         return json.loads(text)  # nothing to inline; a JSON round trip copies fastest
-    try:
-        resolved = jsonref.replace_refs(copy.deepcopy(dict(schema)), proxies=False, lazy_load=False)
-        # A recursive schema cannot be written out as a finite type; json.dumps detects the cycle.
-        json.dumps(resolved)
-    except (jsonref.JsonRefError, ValueError, RecursionError) as exc:
-        raise PromptError(f"Invalid JSON Schema reference in tool parameters: {exc}", "tools") from None
-    return resolved
+    root = json.loads(text)
+    cycle = on_cycle if on_cycle is not None else (lambda pointer: {})
+
+    def walk(node: Any, stack: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [walk(v, stack) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            return enter(ref, stack)
+        return {k: walk(v, stack) for k, v in node.items()}
+
+    def enter(ref: str, stack: tuple[str, ...]) -> Any:
+        pointer = _local_pointer(ref)
+        if pointer in stack or pointer in as_reference:
+            return cycle(pointer)
+        if len(stack) > 64:
+            raise PromptError("Invalid JSON Schema reference in tool parameters: $refs nested too deeply", "tools")
+        return walk(_lookup(root, pointer, ref), stack + (pointer,))
+
+    if start is not None:  # the start node itself is expanded, whatever `as_reference` says
+        return walk(_lookup(root, start, "#" + start), (start,))
+    return walk(root, ())
+
+
+def _local_pointer(ref: str) -> str:
+    if not ref.startswith("#"):
+        raise PromptError(
+            f"Invalid JSON Schema reference in tool parameters: only local references (\"#/...\") "
+            f"are supported, got {ref!r}", "tools")
+    return "/" + ref[1:].lstrip("/") if ref[1:] else ""
+
+
+def _lookup(root: Any, pointer: str, ref: str) -> Any:
+    node = root
+    for raw in pointer.split("/")[1:] if pointer else []:
+        part = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise PromptError(
+                f"Invalid JSON Schema reference in tool parameters: unresolvable JSON pointer: {ref!r}", "tools")
+    return node
 
 
 def param_lines(properties: Any, required: Any, depth: int) -> list[str]:
