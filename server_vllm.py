@@ -57,7 +57,8 @@ def configure_grammar_backend(engine: Any, backend: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from functionary.api.server_flags import log_level as resolve_log_level, server_settings
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     log_level = resolve_log_level(args)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -67,13 +68,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from functionary.backends.vllm_backend import VLLMBackend
 
     engine = engine_args_from_cli(args)
+    lora_modules = args.lora_modules or ()
+    if lora_modules and not engine.enable_lora:
+        parser.error("--lora-modules needs --enable-lora (and --max-lora-rank at least the adapters' rank)")
     if args.enable_grammar_sampling is not False:
         configure_grammar_backend(engine, args.grammar_backend)
     settings = server_settings(args, served_names(args, engine))
 
     async def backend_factory() -> VLLMBackend:
         return await VLLMBackend.start(engine, in_process=args.engine_in_process,
-                                       adaptive_threads=args.adaptive_cpu_threads)
+                                       adaptive_threads=args.adaptive_cpu_threads, lora_modules=lora_modules)
 
     app = create_app(settings, backend_factory)
     return serve(app, args.host, args.port, log_level)

@@ -200,7 +200,14 @@ def _model_cards(request: Request) -> list[ModelCard]:
     backend = getattr(state, "backend", None)
     root = getattr(backend, "model_name", None)
     max_len = getattr(backend, "max_model_len", None)
-    return [ModelCard(id=name, root=root, max_model_len=max_len) for name in state.settings.served_model_names]
+    names = state.settings.served_model_names
+    cards = [ModelCard(id=name, root=root, max_model_len=max_len) for name in names]
+    # LoRA adapters as vLLM lists them: root = the adapter's weights, parent = its base model.
+    cards += [
+        ModelCard(id=a.name, root=a.path, parent=a.parent or names[0])
+        for a in getattr(backend, "lora_adapters", ())
+    ]
+    return cards
 
 
 @router.get("/v1/models")

@@ -38,6 +38,8 @@ class GenerationParams:
     # How the engine enforces `constraint`: "xgrammar" (a structural tag through the engine's
     # structured outputs) or "lm-format-enforcer" (functionary's logits processor).
     constraint_backend: str = XGRAMMAR
+    # Name of a LoRA adapter the backend serves (`Backend.lora_adapters`); None: the base model.
+    lora: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +76,22 @@ class Backend(Protocol):
 
     async def shutdown(self) -> None:
         """Release the engine and everything it started."""
+
+
+@dataclass(frozen=True)
+class LoRAAdapter:
+    """A LoRA adapter an engine serves under its own model name."""
+
+    name: str  # the `model` a request names to use it
+    path: str  # where its weights are (a local folder or a Hugging Face repo id)
+    parent: Optional[str] = None  # the served base model it belongs to (None: the first one)
+
+
+@runtime_checkable
+class AdapterBackend(Protocol):
+    """A backend that serves LoRA adapters besides the base model (optional)."""
+
+    lora_adapters: Sequence[LoRAAdapter]
 
 
 @runtime_checkable

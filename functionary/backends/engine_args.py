@@ -94,6 +94,7 @@ def add_engine_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             "Env: FUNCTIONARY_VLLM_IN_PROCESS=1/0."
         ),
     )
+    _add_lora_modules_arg(parser)
     parser.add_argument(
         "--adaptive-cpu-threads",
         action=argparse.BooleanOptionalAction,
@@ -105,6 +106,49 @@ def add_engine_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         ),
     )
     return parser
+
+
+class _LoRAModulesAction(argparse.Action):
+    """``--lora-modules`` as vLLM's server parses it, for a vLLM without its action: each value
+    ``name=path`` or JSON ``{"name": ..., "path": ..., "base_model_name": ...}``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        import json
+
+        modules = []
+        for item in values or []:
+            if not item:
+                continue
+            if "=" in item and "," not in item:
+                name, path = item.split("=", 1)
+                modules.append({"name": name, "path": path})
+                continue
+            try:
+                module = json.loads(item)
+            except json.JSONDecodeError:
+                parser.error(f"Invalid JSON format for --lora-modules: {item}")
+            if not isinstance(module, dict) or not {"name", "path"} <= set(module):
+                parser.error(f"Invalid fields for --lora-modules: {item}")
+            modules.append(module)
+        setattr(namespace, self.dest, modules)
+
+
+def _add_lora_modules_arg(parser: argparse.ArgumentParser) -> None:
+    # A flag of vLLM's OpenAI front end, not of AsyncEngineArgs: vLLM's own parsing when it has it.
+    from functionary.backends.vllm_adapter import lora_modules_action
+
+    parser.add_argument(
+        "--lora-modules",
+        nargs="+",
+        action=lora_modules_action() or _LoRAModulesAction,
+        default=None,
+        help=(
+            "LoRA adapters to serve (needs --enable-lora; size them with --max-lora-rank): "
+            "'name=path' or JSON '{\"name\": ..., \"path\": ..., \"base_model_name\": ...}', "
+            "several separated by spaces. A request whose `model` is an adapter's name runs with "
+            "it; /v1/models lists them with `parent` = their base model."
+        ),
+    )
 
 
 def make_arg_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
@@ -194,6 +238,7 @@ def create_backend(args: argparse.Namespace, **kwargs: Any) -> "VLLMBackend":
 
     kwargs.setdefault("in_process", getattr(args, "engine_in_process", None))
     kwargs.setdefault("adaptive_threads", getattr(args, "adaptive_cpu_threads", True))
+    kwargs.setdefault("lora_modules", getattr(args, "lora_modules", None) or ())
     return VLLMBackend(engine_args_from_cli(args), **kwargs)
 
 

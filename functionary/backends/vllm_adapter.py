@@ -32,12 +32,40 @@ In vLLM's multi-process engine the model runner lives in other processes: vLLM l
 `vllm.general_plugins` entry point `functionary_cpu_seed` (pyproject.toml) in each of them, and
 it applies the patch when `FUNCTIONARY_PATCH_VLLM=1`, which `VLLMBackend` sets before starting
 the engine (so other vLLM servers in the same environment stay as they are).
+
+The in-process engine (`build_inproc_engine` ... `shutdown_inproc_engine`)
+----------------------------------------------------------------------------
+`VLLMBackend(in_process=True)` steps vLLM's `LLMEngine` with the in-process engine core from one
+thread. `LLMEngine`'s public methods cover adding, aborting and stepping; what they do not cover
+is here: keeping the executor in this process (config creation reads an environment variable),
+the engine core's scheduler (whether it still holds requests, and the grammars of waiting ones),
+the executor's health check, the input processor (run off the engine thread) and the core's
+shutdown.
+
+Structured-output validation (`remember_valid_structural_tags`)
+---------------------------------------------------------------
+Replaces `vllm.v1.structured_output.backend_xgrammar.validate_xgrammar_grammar` with a version
+that remembers structural tags which passed (see the function).
+
+Model runner V2 (`uses_v2_model_runner`)
+----------------------------------------
+vLLM loads custom logits processors through a different interface for its V2 model runner
+(`vllm.v1.worker.gpu.sample.logits_processor`); which runner an engine uses is a property of
+its `VllmConfig`.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 import os
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from functionary.grammar.cache import LRUCache
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm.engine.arg_utils import AsyncEngineArgs
 
 logger = logging.getLogger(__name__)
 
@@ -107,4 +135,217 @@ def vllm_plugin() -> None:
         patch_cpu_seeded_sampling()
 
 
-__all__ = ["PATCH_ENV", "TESTED_VLLM_VERSIONS", "enable_engine_patches", "patch_cpu_seeded_sampling", "vllm_plugin"]
+# --------------------------------------------------------------------------------------
+# The in-process engine
+
+
+def build_inproc_engine(engine_args: "AsyncEngineArgs", usage_context: Any) -> Any:
+    """vLLM's `LLMEngine` with the engine core and the executor in this process."""
+    from vllm.v1.engine.llm_engine import LLMEngine
+    from vllm.v1.executor import Executor
+
+    # Keep the executor in this process too: the CPU platform switches a single worker to
+    # the multiprocessing executor unless this is "0" while the config is created. Only
+    # config creation reads it (LLMEngine gets multiprocess_mode=False explicitly), so it
+    # is restored at once rather than leaking into later engines or child processes.
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    saved = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        vllm_config = engine_args.create_engine_config(usage_context)
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
+    return LLMEngine(
+        vllm_config=vllm_config,
+        executor_class=Executor.get_class(vllm_config),
+        log_stats=not engine_args.disable_log_stats,
+        usage_context=usage_context,
+        multiprocess_mode=False,
+    )
+
+
+def _scheduler(engine: Any) -> Any:
+    return engine.engine_core.engine_core.scheduler
+
+
+def inproc_has_work(engine: Any) -> Callable[[], bool]:
+    """A function telling whether the in-process engine needs another step.
+
+    As EngineCoreProc's busy loop: also one more step after the last request finished, so the
+    scheduler hands the finished ids to the worker (which frees their state)."""
+    scheduler = _scheduler(engine)
+
+    def has_work() -> bool:
+        return engine.has_unfinished_requests() or scheduler.has_requests()
+
+    return has_work
+
+
+def await_pending_grammars(engine: Any, budget_s: float) -> None:
+    """Give new requests' grammars a moment to be ready before the next step.
+
+    vLLM compiles a request's grammar on a thread pool, even when it is cached, and a request
+    whose grammar is not ready when the scheduler runs waits a whole step (15-40 ms here). A
+    cached grammar is ready within a millisecond once this thread lets go of the GIL, so wait
+    for pending ones, but never longer than `budget_s` (a cold compile takes longer: the
+    request then waits as usual, without holding up the running ones).
+    """
+    deadline = time.monotonic() + budget_s
+    try:
+        pending = [r.structured_output_request._grammar for r in _scheduler(engine).waiting
+                   if r.structured_output_request is not None]
+    except AttributeError:  # vLLM's internals moved: just step
+        return
+    for grammar in pending:
+        if isinstance(grammar, concurrent.futures.Future) and not grammar.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(Exception):  # errors surface through vLLM itself
+                grammar.result(timeout=left)
+
+
+def process_inputs(
+    engine: Any,
+    request_id: str,
+    prompt: Any,
+    sampling_params: Any,
+    supported_tasks: Any,
+    lora_request: Any = None,
+) -> Any:
+    """vLLM's input processing (validation included) into an `EngineCoreRequest`, which
+    `LLMEngine.add_request` then takes as it is. It touches no engine-core state, so it may run
+    on any thread."""
+    return engine.input_processor.process_inputs(
+        request_id, prompt, sampling_params, supported_tasks=supported_tasks, lora_request=lora_request
+    )
+
+
+def check_inproc_health(engine: Any) -> None:
+    """Raise unless the in-process engine's executor (its workers) is healthy."""
+    engine.model_executor.check_health()
+
+
+def shutdown_inproc_engine(engine: Any) -> None:
+    engine.engine_core.shutdown()
+
+
+def inproc_engine_state(engine: Any) -> dict[str, Any]:
+    """Unfinished requests in the output processor, and whether the scheduler holds any
+    (running, waiting, or finished but not yet released to the worker). Engine thread only."""
+    return {
+        "frontend_unfinished": engine.output_processor.get_num_unfinished_requests(),
+        "core_has_work": bool(_scheduler(engine).has_requests()),
+    }
+
+
+async def async_llm_engine_state(engine: Any) -> dict[str, Any]:
+    """As `inproc_engine_state`, for `AsyncLLM` (asks the engine-core process)."""
+    has_work = await engine.engine_core.call_utility_async("has_work")
+    return {
+        "frontend_unfinished": engine.output_processor.get_num_unfinished_requests(),
+        "core_has_work": bool(has_work),
+    }
+
+
+def real_torch_set_num_threads() -> Callable[[int], None]:
+    """torch's own set_num_threads: vLLM's CPU worker replaces `torch.set_num_threads` with a
+    no-op, torch._C's is the real one."""
+    import torch
+
+    return torch._C.set_num_threads
+
+
+# --------------------------------------------------------------------------------------
+# Structured-output validation
+
+_VALIDATED_TAGS_SIZE = 256
+
+
+def remember_valid_structural_tags() -> bool:
+    """Make vLLM's structured-output validation remember structural tags that passed.
+
+    vLLM validates every xgrammar request by building its grammar from scratch (7.8 ms with
+    the GIL held for a 20-tool tag here) and keeps nothing; then compiles it again, from a
+    cache, in the engine. Our tags repeat for as long as a client sends the same tools, so a
+    tag that passed once passes again: skip the rebuild for those. Anything else (a new tag,
+    one that failed, JSON or regex requests) goes through vLLM's own check unchanged.
+    Returns False when vLLM's internals moved and nothing was changed.
+    """
+    try:
+        from vllm.v1.structured_output import backend_xgrammar
+    except ImportError:
+        return False
+    original = getattr(backend_xgrammar, "validate_xgrammar_grammar", None)
+    if original is None:
+        return False
+    if getattr(original, "remembers_structural_tags", False):
+        return True
+    passed: LRUCache[bool] = LRUCache(_VALIDATED_TAGS_SIZE)
+
+    def validate_xgrammar_grammar(sampling_params: Any) -> None:
+        so = getattr(sampling_params, "structured_outputs", None)
+        tag = getattr(so, "structural_tag", None)
+        if not isinstance(tag, str) or any(
+            getattr(so, other, None) for other in ("json", "regex", "choice", "grammar", "json_object")
+        ):
+            return original(sampling_params)
+
+        def check() -> bool:
+            original(sampling_params)  # raises for an invalid tag: nothing is remembered
+            return True
+
+        passed.get(tag, check)
+
+    validate_xgrammar_grammar.remembers_structural_tags = True  # type: ignore[attr-defined]
+    backend_xgrammar.validate_xgrammar_grammar = validate_xgrammar_grammar
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Front-end flags
+
+
+def lora_modules_action() -> Optional[type]:
+    """vLLM's argparse action for its OpenAI server's ``--lora-modules`` (``name=path`` or the
+    JSON form), producing `LoRAModulePath`s; None when vLLM moved it."""
+    for module in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.openai.cli_args"):
+        try:
+            return getattr(__import__(module, fromlist=["LoRAParserAction"]), "LoRAParserAction")
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Model runner V2
+
+
+def uses_v2_model_runner(vllm_config: Any) -> bool:
+    """Whether an engine with this config runs vLLM's V2 model runner (which loads logits
+    processors of `vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor` only)."""
+    return bool(getattr(vllm_config, "use_v2_model_runner", False))
+
+
+__all__ = [
+    "PATCH_ENV",
+    "TESTED_VLLM_VERSIONS",
+    "async_llm_engine_state",
+    "await_pending_grammars",
+    "build_inproc_engine",
+    "check_inproc_health",
+    "enable_engine_patches",
+    "inproc_engine_state",
+    "inproc_has_work",
+    "lora_modules_action",
+    "patch_cpu_seeded_sampling",
+    "process_inputs",
+    "real_torch_set_num_threads",
+    "remember_valid_structural_tags",
+    "shutdown_inproc_engine",
+    "uses_v2_model_runner",
+    "vllm_plugin",
+]

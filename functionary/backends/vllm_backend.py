@@ -26,21 +26,36 @@ vLLM is imported lazily: importing this module does not import vllm.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
 import queue
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional, Sequence
 
-from functionary.backends.base import LM_FORMAT_ENFORCER, XGRAMMAR, GenerationDelta, GenerationParams
+from functionary.backends.base import (
+    LM_FORMAT_ENFORCER,
+    XGRAMMAR,
+    GenerationDelta,
+    GenerationParams,
+    LoRAAdapter,
+)
 from functionary.backends.cpu_threads import ComputeThreads
-from functionary.backends.vllm_adapter import enable_engine_patches
-from functionary.grammar.cache import LRUCache
+from functionary.backends.vllm_adapter import (
+    async_llm_engine_state,
+    await_pending_grammars,
+    build_inproc_engine,
+    check_inproc_health,
+    enable_engine_patches,
+    inproc_engine_state,
+    inproc_has_work,
+    process_inputs,
+    real_torch_set_num_threads,
+    remember_valid_structural_tags,
+    shutdown_inproc_engine,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -187,73 +202,6 @@ class _Sink:
     queue: "asyncio.Queue[Any]" = field(default_factory=asyncio.Queue)
 
 
-def _await_grammars(scheduler: Any, budget_s: float) -> None:
-    """Give new requests' grammars a moment to be ready before the next step.
-
-    vLLM compiles a request's grammar on a thread pool, even when it is cached, and a request
-    whose grammar is not ready when the scheduler runs waits a whole step (15-40 ms here). A
-    cached grammar is ready within a millisecond once this thread lets go of the GIL, so wait
-    for pending ones, but never longer than `budget_s` (a cold compile takes longer: the
-    request then waits as usual, without holding up the running ones).
-    """
-    deadline = time.monotonic() + budget_s
-    try:
-        pending = [r.structured_output_request._grammar for r in scheduler.waiting
-                   if r.structured_output_request is not None]
-    except AttributeError:  # vLLM's internals moved: just step
-        return
-    for grammar in pending:
-        if isinstance(grammar, concurrent.futures.Future) and not grammar.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            with contextlib.suppress(Exception):  # errors surface through vLLM itself
-                grammar.result(timeout=left)
-
-
-_VALIDATED_TAGS_SIZE = 256
-
-
-def remember_valid_structural_tags() -> bool:
-    """Make vLLM's structured-output validation remember structural tags that passed.
-
-    vLLM validates every xgrammar request by building its grammar from scratch (7.8 ms with
-    the GIL held for a 20-tool tag here) and keeps nothing; then compiles it again, from a
-    cache, in the engine. Our tags repeat for as long as a client sends the same tools, so a
-    tag that passed once passes again: skip the rebuild for those. Anything else (a new tag,
-    one that failed, JSON or regex requests) goes through vLLM's own check unchanged.
-    Returns False when vLLM's internals moved and nothing was changed.
-    """
-    try:
-        from vllm.v1.structured_output import backend_xgrammar
-    except ImportError:
-        return False
-    original = getattr(backend_xgrammar, "validate_xgrammar_grammar", None)
-    if original is None:
-        return False
-    if getattr(original, "remembers_structural_tags", False):
-        return True
-    passed: LRUCache[bool] = LRUCache(_VALIDATED_TAGS_SIZE)
-
-    def validate_xgrammar_grammar(sampling_params: Any) -> None:
-        so = getattr(sampling_params, "structured_outputs", None)
-        tag = getattr(so, "structural_tag", None)
-        if not isinstance(tag, str) or any(
-            getattr(so, other, None) for other in ("json", "regex", "choice", "grammar", "json_object")
-        ):
-            return original(sampling_params)
-
-        def check() -> bool:
-            original(sampling_params)  # raises for an invalid tag: nothing is remembered
-            return True
-
-        passed.get(tag, check)
-
-    validate_xgrammar_grammar.remembers_structural_tags = True  # type: ignore[attr-defined]
-    backend_xgrammar.validate_xgrammar_grammar = validate_xgrammar_grammar
-    return True
-
-
 class _InprocEngine:
     """vLLM's LLMEngine with the engine core in this process, owned by one thread.
 
@@ -269,9 +217,11 @@ class _InprocEngine:
         *,
         adaptive_threads: bool = True,
         on_dead: Optional[Callable[[BaseException], None]] = None,
+        lora_requests: Sequence[Any] = (),
     ) -> None:
         self._engine_args = engine_args
         self._usage_context = usage_context
+        self._lora_requests = list(lora_requests)
         self._adaptive_threads = adaptive_threads
         self.compute_threads: Optional[ComputeThreads] = None  # CPU, model computed in this process
         self._cmds: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
@@ -299,36 +249,15 @@ class _InprocEngine:
 
     # ---- the engine thread ---------------------------------------------------------
     def _build(self) -> None:
-        from vllm.v1.engine.llm_engine import LLMEngine
-        from vllm.v1.executor import Executor
-
-        # Keep the executor in this process too: the CPU platform switches a single worker to
-        # the multiprocessing executor unless this is "0" while the config is created. Only
-        # config creation reads it (LLMEngine gets multiprocess_mode=False explicitly), so it
-        # is restored at once rather than leaking into later engines or child processes.
-        key = "VLLM_ENABLE_V1_MULTIPROCESSING"
-        saved = os.environ.get(key)
-        os.environ[key] = "0"
-        try:
-            vllm_config = self._engine_args.create_engine_config(self._usage_context)
-        finally:
-            if saved is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = saved
-        self.engine = LLMEngine(
-            vllm_config=vllm_config,
-            executor_class=Executor.get_class(vllm_config),
-            log_stats=not self._engine_args.disable_log_stats,
-            usage_context=self._usage_context,
-            multiprocess_mode=False,
-        )
+        self.engine = build_inproc_engine(self._engine_args, self._usage_context)
+        vllm_config = self.engine.vllm_config
+        for lora_request in self._lora_requests:  # load now: a bad adapter fails start-up
+            self.engine.add_lora(lora_request)
         self.supported_tasks = self.engine.get_supported_tasks()  # asks the core: engine thread only
         if self._adaptive_threads and _is_cpu_platform() and vllm_config.parallel_config.world_size == 1:
             import torch
 
-            # vLLM's CPU worker replaces torch.set_num_threads with a no-op; torch._C's is the real one.
-            self.compute_threads = ComputeThreads(torch.get_num_threads(), torch._C.set_num_threads)
+            self.compute_threads = ComputeThreads(torch.get_num_threads(), real_torch_set_num_threads())
 
     def _run(self) -> None:
         try:
@@ -343,13 +272,7 @@ class _InprocEngine:
         # Everything after start-up runs inside this `try`: whatever raises marks the engine
         # dead and fails every waiting request, instead of ending the thread silently.
         try:
-            scheduler = engine.engine_core.engine_core.scheduler
-
-            def has_work() -> bool:
-                # As EngineCoreProc's busy loop: also step once more after the last request
-                # finished, so the scheduler hands the finished ids to the worker (frees state).
-                return engine.has_unfinished_requests() or scheduler.has_requests()
-
+            has_work = inproc_has_work(engine)
             while True:
                 busy = has_work()
                 cmds = []
@@ -369,7 +292,7 @@ class _InprocEngine:
                         return
                     self._handle(cmd)
                 if any(c[0] == "add" and getattr(c[3], "structured_outputs", None) is not None for c in cmds):
-                    _await_grammars(scheduler, GRAMMAR_WAIT_S)
+                    await_pending_grammars(engine, GRAMMAR_WAIT_S)
                 if has_work():
                     if threads is not None:
                         threads.tick()
@@ -388,7 +311,7 @@ class _InprocEngine:
         finally:
             self.stopped = True
             try:
-                engine.engine_core.shutdown()
+                shutdown_inproc_engine(engine)
             except Exception:  # noqa: BLE001
                 logger.exception("vLLM engine shutdown failed")
 
@@ -418,13 +341,11 @@ class _InprocEngine:
             else:
                 _threadsafe(loop, _set_result, fut, result)
 
-    def process_inputs(self, request_id: str, prompt: Any, sampling_params: Any) -> Any:
+    def process_inputs(self, request_id: str, prompt: Any, sampling_params: Any, lora_request: Any = None) -> Any:
         """vLLM's input processing (validation included) into an `EngineCoreRequest`, on the
         caller's thread: it touches no engine-core state, so it need not take the engine
         thread's time. `add_request` then takes the processed request as it is."""
-        return self.engine.input_processor.process_inputs(
-            request_id, prompt, sampling_params, supported_tasks=self.supported_tasks
-        )
+        return process_inputs(self.engine, request_id, prompt, sampling_params, self.supported_tasks, lora_request)
 
     def _deliver(self, outputs: list) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
@@ -514,6 +435,46 @@ def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# LoRA adapters
+
+
+def _lora_requests(engine_args: "AsyncEngineArgs", modules: Sequence[Any]) -> tuple[tuple[LoRAAdapter, ...], dict[str, Any]]:
+    """Our adapters and vLLM's `LoRARequest` per name for `modules` (vLLM's `LoRAModulePath`s,
+    `LoRAAdapter`s or dicts with name, path and base_model_name). Ids are 1, 2, ... in the
+    order given, as vLLM's server numbers them, so a name keeps its id for the engine's life."""
+    if not modules:
+        return (), {}
+    from vllm.lora.request import LoRARequest
+
+    if not getattr(engine_args, "enable_lora", False):
+        raise ValueError("--lora-modules needs --enable-lora: the engine serves LoRA adapters only with it")
+    served = engine_args.served_model_name or [engine_args.model]
+    served = [served] if isinstance(served, str) else list(served)
+    adapters: list[LoRAAdapter] = []
+    requests: dict[str, Any] = {}
+    for module in modules:
+        get = module.get if isinstance(module, dict) else lambda key, m=module: getattr(m, key, None)
+        name, path = get("name"), get("path")
+        parent = get("base_model_name") or get("parent")
+        if not name or not path:
+            raise ValueError(f"a LoRA module needs a name and a path: {module!r}")
+        if name in served:
+            raise ValueError(f"LoRA adapter name {name!r} is also a served model name")
+        if name in requests:
+            raise ValueError(f"two LoRA adapters are named {name!r}")
+        if parent is not None and parent not in served:
+            raise ValueError(
+                f"LoRA adapter {name!r}: base_model_name {parent!r} is not a served model name "
+                f"({', '.join(served)})"
+            )
+        adapters.append(LoRAAdapter(name=name, path=str(path), parent=parent))
+        requests[name] = LoRARequest(
+            lora_name=name, lora_int_id=len(requests) + 1, lora_path=str(path), base_model_name=parent
+        )
+    return tuple(adapters), requests
+
+
+# --------------------------------------------------------------------------------------
 # The backend
 
 
@@ -532,6 +493,7 @@ class VLLMBackend:
         in_process: Optional[bool] = None,
         model_name: Optional[str] = None,
         adaptive_threads: bool = True,
+        lora_modules: Sequence[Any] = (),
     ) -> None:
         import_vllm()
         from vllm.usage.usage_lib import UsageContext
@@ -543,6 +505,8 @@ class VLLMBackend:
         self._inproc: Optional[_InprocEngine] = None
         self._async_llm: Any = None
         self._death: Optional[BaseException] = None
+        self.lora_adapters, self._lora_requests = _lora_requests(engine_args, lora_modules)
+        self._loras_loaded = False  # AsyncLLM: loaded by `load_lora_adapters` (in `start`)
         usage = UsageContext.OPENAI_API_SERVER
         enable_engine_patches()  # before any engine process starts: they inherit the request
         # Request validation runs in this process in both modes (the input processor).
@@ -550,8 +514,10 @@ class VLLMBackend:
             logger.info("vLLM's xgrammar validation moved; structural tags are validated per request")
         if self.in_process:
             self._inproc = _InprocEngine(
-                engine_args, usage, adaptive_threads=adaptive_threads, on_dead=self._record_death
+                engine_args, usage, adaptive_threads=adaptive_threads, on_dead=self._record_death,
+                lora_requests=list(self._lora_requests.values()),
             )
+            self._loras_loaded = True
             vllm_config = self._inproc.engine.vllm_config
             self._tokenizer = self._inproc.engine.get_tokenizer()
         else:
@@ -576,11 +542,29 @@ class VLLMBackend:
         in_process: Optional[bool] = None,
         model_name: Optional[str] = None,
         adaptive_threads: bool = True,
+        lora_modules: Sequence[Any] = (),
     ) -> "VLLMBackend":
-        """Build the backend without blocking the running event loop."""
-        return await asyncio.to_thread(
-            cls, engine_args, in_process=in_process, model_name=model_name, adaptive_threads=adaptive_threads
+        """Build the backend without blocking the running event loop (and load its LoRA
+        adapters, so that a bad one fails start-up)."""
+        backend = await asyncio.to_thread(
+            cls, engine_args, in_process=in_process, model_name=model_name, adaptive_threads=adaptive_threads,
+            lora_modules=lora_modules,
         )
+        try:
+            await backend.load_lora_adapters()
+        except BaseException:
+            await backend.shutdown()
+            raise
+        return backend
+
+    async def load_lora_adapters(self) -> None:
+        """Load the LoRA adapters into the engine (done once; the in-process engine loads them
+        at start). Until then vLLM would load an adapter with the first request naming it."""
+        if self._loras_loaded:
+            return
+        self._loras_loaded = True
+        for lora_request in self._lora_requests.values():
+            await self._async_llm.add_lora(lora_request)
 
     @property
     def compute_threads(self) -> Optional[int]:
@@ -644,12 +628,17 @@ class VLLMBackend:
             sampling_params = to_sampling_params(params)
         except Exception as exc:
             raise (_translate(exc) or exc) from exc
+        lora_request = None
+        if params.lora is not None:
+            lora_request = self._lora_requests.get(params.lora)
+            if lora_request is None:
+                raise BadRequestError(f"unknown LoRA adapter {params.lora!r}")
         self._active.add(request_id)
         try:
             if self._inproc is not None:
-                stream = self._generate_inproc(request_id, prompt_token_ids, sampling_params)
+                stream = self._generate_inproc(request_id, prompt_token_ids, sampling_params, lora_request)
             else:
-                stream = self._generate_async_llm(request_id, prompt_token_ids, sampling_params)
+                stream = self._generate_async_llm(request_id, prompt_token_ids, sampling_params, lora_request)
             async with contextlib.aclosing(stream):
                 try:
                     async for delta in stream:
@@ -663,13 +652,17 @@ class VLLMBackend:
             self._active.discard(request_id)
 
     async def _generate_async_llm(
-        self, request_id: str, prompt_token_ids: list[int], sampling_params: "SamplingParams"
+        self, request_id: str, prompt_token_ids: list[int], sampling_params: "SamplingParams",
+        lora_request: Any = None,
     ) -> AsyncIterator[GenerationDelta]:
         from vllm.inputs import TokensPrompt
 
         engine = self._async_llm
+        if lora_request is not None and not self._loras_loaded:  # built without `start()`
+            await self.load_lora_adapters()
         stream = engine.generate(
-            TokensPrompt(prompt_token_ids=list(prompt_token_ids)), sampling_params, request_id
+            TokensPrompt(prompt_token_ids=list(prompt_token_ids)), sampling_params, request_id,
+            lora_request=lora_request,
         )
         finished = False
         try:
@@ -685,7 +678,8 @@ class VLLMBackend:
                 await engine.abort(request_id)
 
     async def _generate_inproc(
-        self, request_id: str, prompt_token_ids: list[int], sampling_params: "SamplingParams"
+        self, request_id: str, prompt_token_ids: list[int], sampling_params: "SamplingParams",
+        lora_request: Any = None,
     ) -> AsyncIterator[GenerationDelta]:
         from vllm.inputs import TokensPrompt
 
@@ -696,9 +690,11 @@ class VLLMBackend:
             # vLLM checks a structured-output request by building its grammar (≈ 8 ms for a
             # 20-tool structural tag, every request): do that on a worker thread, not on the
             # engine thread that every running stream waits on.
-            prompt = await asyncio.to_thread(inproc.process_inputs, request_id, prompt, sampling_params)
+            prompt = await asyncio.to_thread(
+                inproc.process_inputs, request_id, prompt, sampling_params, lora_request
+            )
         sink = _Sink(asyncio.get_running_loop())
-        inproc.submit(("add", request_id, prompt, sampling_params, sink, None))
+        inproc.submit(("add", request_id, prompt, sampling_params, sink, lora_request))
         unfinished = set(range(sampling_params.n))
         done = False
         try:
@@ -738,9 +734,7 @@ class VLLMBackend:
             if self._inproc is not None:
                 if not self._inproc.alive:
                     raise EngineDeadError(f"vLLM engine thread is not running: {self._inproc.dead!r}")
-                await self._inproc.call(
-                    lambda engine: engine.model_executor.check_health(), HEALTH_TIMEOUT_S
-                )
+                await self._inproc.call(check_inproc_health, HEALTH_TIMEOUT_S)
             else:
                 engine = self._async_llm
                 await engine.check_health()  # errored / engine-core process dead
@@ -779,23 +773,8 @@ class VLLMBackend:
         if self._closed:
             raise EngineDeadError("the backend was shut down")
         if self._inproc is not None:
-
-            def probe(engine: Any) -> dict[str, Any]:
-                scheduler = engine.engine_core.engine_core.scheduler
-                return {
-                    "frontend_unfinished": engine.output_processor.get_num_unfinished_requests(),
-                    "core_has_work": bool(scheduler.has_requests()),
-                }
-
-            return await self._inproc.call(probe, HEALTH_TIMEOUT_S)
-        engine = self._async_llm
-        has_work = await asyncio.wait_for(
-            engine.engine_core.call_utility_async("has_work"), HEALTH_TIMEOUT_S
-        )
-        return {
-            "frontend_unfinished": engine.output_processor.get_num_unfinished_requests(),
-            "core_has_work": bool(has_work),
-        }
+            return await self._inproc.call(inproc_engine_state, HEALTH_TIMEOUT_S)
+        return await asyncio.wait_for(async_llm_engine_state(self._async_llm), HEALTH_TIMEOUT_S)
 
 
 __all__ = [

@@ -361,6 +361,7 @@ class ModelCard(ResponseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "functionary"
     root: Optional[str] = None
+    parent: Optional[str] = None  # a LoRA adapter's base model (as vLLM lists adapters)
     max_model_len: Optional[int] = None
 
 

@@ -254,6 +254,8 @@ class ChatService:
         self.backend = backend
         self.template = template
         self.served_model_names = list(served_model_names)
+        # LoRA adapters are served under their own names; a request naming one runs with it.
+        self.lora_names = frozenset(a.name for a in getattr(backend, "lora_adapters", ()))
         self.max_n = max_n
         self.grammar_sampling = grammar_sampling
         if grammar_backend not in GRAMMAR_BACKENDS:
@@ -268,7 +270,7 @@ class ChatService:
     def resolve_model(self, name: Optional[str]) -> str:
         if name is None or name == "":
             return self.served_model_names[0]
-        if name not in self.served_model_names:
+        if name not in self.served_model_names and name not in self.lora_names:
             raise ModelNotFoundError(
                 f"The model `{name}` does not exist.", param="model", code="model_not_found"
             )
@@ -395,6 +397,7 @@ class ChatService:
             logprobs=None,
             constraint=constraint,
             constraint_backend=self.grammar_backend,
+            lora=model if model in self.lora_names else None,
             extra=extra,
         )
         return PreparedChat(

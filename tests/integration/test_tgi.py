@@ -127,6 +127,34 @@ async def test_named_choice_is_held_to_the_schema_by_tgi_grammar(standins, model
         assert params["do_sample"] is False and "temperature" not in params
 
 
+# How each published format's prompt ends for a named choice: the model continues with the
+# arguments only, so TGI's JSON grammar covers exactly them.
+NAMED_PREFIXES = {
+    "v1": "assistant:\n<|START_OF_FUNCTION_CALL|>get_weather:\n",
+    "v2": "<|from|>assistant\n<|recipient|>get_weather\n<|content|>",
+    "v2.llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n<|reserved_special_token_249|>get_weather\n",
+    "v3.llama3": ASSISTANT_V3 + "get_weather\n",
+    "v3-llama3.1": "<|start_header_id|>assistant<|end_header_id|>\n\n<function=get_weather>",
+}
+
+
+@pytest.mark.parametrize("version", sorted(NAMED_PREFIXES))
+async def test_named_choice_in_every_functionary_format(standins, tmp_path, version):
+    tokenizer = build_format_tokenizer(version)
+    standin = standins(tokenizer, lambda body: '{"city": "Paris"}')
+    folder = _saved(tokenizer, tmp_path / version)
+    # (these tokenizers carry no chat template, which is where v2.llama3 is told from v3.llama3)
+    async with serving(standin, folder, "--enable-grammar-sampling", "--prompt-template-version", version) as (
+        _, client,
+    ):
+        whole, streamed = await both(client, messages=USER, tools=TOOLS, tool_choice=NAMED)
+    assert message_of(whole) == (None, [("get_weather", {"city": "Paris"})], "tool_calls")
+    assert message_of(streamed) == message_of(whole)
+    body = standin.requests[-1].body
+    assert body["inputs"].endswith(NAMED_PREFIXES[version])
+    assert json.loads(body["parameters"]["grammar"]["value"]) == WEATHER_TOOL["function"]["parameters"]
+
+
 async def test_named_choice_without_properties_gets_an_empty_properties_grammar(standins, model_folders):
     tool = {"type": "function", "function": {"name": "ping", "parameters": {"type": "object"}}}
     standin = standins(default_tokenizer(), lambda body: "{}")
