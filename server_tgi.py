@@ -101,19 +101,16 @@ def main(argv: Optional[Sequence[str]] = None, *, docker_factory: Optional[Calla
     except (ValueError, RuntimeError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
-    import uvicorn
-
     from functionary.api.limits import uvicorn_options
+    from functionary.api.serve import serve
 
     app = build_app(args, container)
-    logger.info("listening on http://%s:%s (TGI at %s)", args.host, args.port, endpoint)
+    logger.info("serving TGI at %s", endpoint)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=log_level.lower(), timeout_keep_alive=5,
-                    **uvicorn_options(app.state.settings))
+        return serve(app, args.host, args.port, log_level, **uvicorn_options(app.state.settings))
     finally:
         if container is not None:
             container.stop()  # also when start-up failed before the app could
-    return 0
 
 
 if __name__ == "__main__":
