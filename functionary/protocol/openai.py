@@ -172,7 +172,9 @@ class ChatCompletionRequest(OpenAIBaseModel):
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     n: Optional[int] = Field(default=1, ge=1)
     response_format: Optional[ResponseFormat] = None
-    seed: Optional[int] = None
+    # vLLM's own bound (a 64-bit signed integer): a seed outside it killed the engine (found by
+    # benchmarks/fuzz.py: torch's manual_seed raises inside the engine step).
+    seed: Optional[int] = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stop: Optional[Union[str, list[str]]] = None
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None

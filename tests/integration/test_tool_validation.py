@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.integration.conftest import CALL_OUT, FUNCTIONS, MODEL, TOOLS, USER, WEATHER_TOOL
+from tests.integration.conftest import CALL_OUT, FUNCTIONS, MODEL, TEXT_OUT, TOOLS, USER, WEATHER_TOOL
 
 pytestmark = pytest.mark.anyio
 
@@ -221,3 +221,16 @@ async def test_unpaired_surrogate_escapes_are_400(harness, raw, param):
     ok = raw.replace(b"\\ud800", b"\\ud83d\\ude00").replace(b"\\udfff", b"\\ud83d\\ude00")
     ok = ok.replace(b'"\\ud83d"', b'"\\ud83d\\ude00"').replace(b'"\\udc00"', b'"functionary-test"')
     assert (await h.http.post("/v1/chat/completions", content=ok, headers={"content-type": "application/json"})).status_code == 200
+
+
+@pytest.mark.parametrize("seed", [-(2**63) - 1, 2**63, 10**30])
+async def test_a_seed_outside_64_bits_is_400(harness, seed):
+    """Found by benchmarks/fuzz.py: such a seed reached torch's manual_seed inside the engine
+    step and killed the engine. vLLM's own server bounds it the same way."""
+    h = await harness((TEXT_OUT,))
+    r = await h.post({"model": MODEL, "messages": USER, "seed": seed})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "seed"
+    assert h.fake.requests == []
+    for ok in (-(2**63), 2**63 - 1):
+        assert (await h.post({"model": MODEL, "messages": USER, "seed": ok})).status_code == 200
