@@ -173,3 +173,53 @@ def test_the_same_endpoint_twice_is_an_a_a_run(live, tmp_path):
     results = json.loads(out_json.read_text())["results"]
     assert [(r["endpoint"], r["total"], r["correct"]) for r in results] == [(0, 2, 2), (1, 2, 2)]
     assert "+0.0 pt" in stdout
+
+
+# ---- multi-turn: BFCL's simulated APIs and checker, driven through the server ----------------
+
+def _ground_truth_calls(texts: list[str]) -> list[tuple[str, dict]]:
+    """BFCL's ground-truth call texts (`cd(folder='x')`) as (name, arguments)."""
+    import ast
+
+    calls = []
+    for text in texts:
+        node = ast.parse(text, mode="eval").body
+        calls.append((node.func.id, {k.arg: ast.literal_eval(k.value) for k in node.keywords}))
+    return calls
+
+
+def multi_turn_script(entry, right: bool):
+    """Each turn: the turn's ground-truth calls in one step (or `ls()` when not `right`), then,
+    once the tool results are in, a text answer that ends the turn."""
+    def answer(prompt: str) -> str:
+        turn = prompt.count("<|start_header_id|>user<|end_header_id|>") - 1
+        last = prompt.rsplit("<|start_header_id|>", 2)[-2]
+        if last.startswith("tool<|end_header_id|>"):
+            return "all\nDone.<|eot_id|>"
+        calls = _ground_truth_calls(entry.ground_truth[turn]) if right else [("ls", {})]
+        return v3_output(calls)
+    return answer
+
+
+def test_multi_turn_runs_bfcls_apis_and_checker(live, tmp_path):
+    (entry,) = [e for e in load_category("multi_turn_base") if e.id == "multi_turn_base_12"]
+    right = live(fake=FakeBackend(multi_turn_script(entry, True), max_model_len=1_000_000))
+    wrong = live(fake=FakeBackend(multi_turn_script(entry, False), max_model_len=1_000_000))
+    out_json = tmp_path / "out.json"
+    code, _, stderr = run_cli(["eval", "bfcl", "--base-url", f"{right.url}/v1", "--base-url", f"{wrong.url}/v1",
+                               "--categories", "multi_turn_base", "--limit", "13", "--json", str(out_json),
+                               "--no-progress"])
+    assert code == 0, stderr
+    items = {(i["endpoint"], i["id"]): i for i in json.loads(out_json.read_text())["items"]}
+    good, bad = items[(0, "multi_turn_base_12")], items[(1, "multi_turn_base_12")]
+    assert good["correct"] and good["error"] is None, good
+    # per turn, per step, the calls as BFCL executes them
+    assert good["calls"] == [[["cd(folder='Documents')", "touch(file_name='summary.txt')"]],
+                             [["echo(content='quantum computing',file_name='summary.txt')"]],
+                             [["wc(file_name='summary.txt',mode='w')"]]]
+    assert not bad["correct"] and bad["reason"], bad
+    # three turns, each: one step with calls, then the text answer after the tool results
+    question = entry.turns[0][0]["content"]
+    prompts = [r.prompt for r in right.fake.requests if question in r.prompt]
+    assert len(prompts) == 6
+    assert [p.count("<|start_header_id|>tool<|end_header_id|>") for p in prompts] == [0, 2, 2, 3, 3, 4]
