@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from functionary.prompt_template import get_prompt_template_by_version
 
-VERSIONS = ("v1", "v2", "v2.llama3", "v3.llama3", "v3-llama3.1")
+VERSIONS = ("v1", "v2", "v2.llama3", "v3.llama3", "v3-llama3.1", "hermes", "llama3-json")
 # Names that are prefixes of each other, as the grammar and the parser must tell them apart.
 NAMES = ("get_w", "get_weather", "get_weather_v2", "search", "a", "ping_1")
 
@@ -16,6 +16,7 @@ MARKER_PIECES = (
     "<|eot_id|>", "<|eom_id|>", "<|from|>", "<|recipient|>", "<|content|>", "<|stop|>",
     "<|START_OF_FUNCTION_CALL|>", "<|END_OF_FUNCTION_CALL|>", "<|END_OF_ASSISTANT|>", "\n<|from|>assistant\n<|recipient|>",
     "all", "all\n", "python", "python\n", "\n", " ", "  ", ":", ":\n", "<", "<|", "{", "}", '"', "é", "😀",
+    '<tool_call>\n{"name": "', '", "arguments": ', "}\n</tool_call>", "<|im_end|>", '{"name": "', '", "parameters": ',
 ) + NAMES
 
 
@@ -69,9 +70,12 @@ def assistant_turns(draw, version: str, argument_values=arguments, code: bool = 
     calls = draw(st.lists(st.tuples(st.sampled_from(NAMES), argument_values), max_size=max_calls))
     if code and version != "v1" and draw(st.booleans()):
         code = draw(st.text(alphabet="print(x)=1+2\n #", min_size=1, max_size=30).map(str.strip).filter(bool))
-        calls.append(("python", code))
+        # hermes calls the code interpreter like a function: {"code": ...}
+        calls.append(("python", json.dumps({"code": code}) if version == "hermes" else code))
     if content is None and not calls:
         content = draw(plain_text)
+    if version == "llama3-json" and calls:
+        content = None  # Meta's template drops the text of a calling turn
     message = {"role": "assistant", "content": content}
     if version == "v1":
         if calls:
@@ -82,6 +86,10 @@ def assistant_turns(draw, version: str, argument_values=arguments, code: bool = 
             for i, (n, a) in enumerate(calls)
         ] or None
     template = get_prompt_template_by_version(version)
-    rendered = template.format.render_message(message)
-    output = rendered[len(template.get_generation_prompt()):]
+    if template.format.render_conversation is not None:
+        rendered = template.format.render_conversation([message], [], False)
+        output = rendered[rendered.rindex(template.get_generation_prompt()) + len(template.get_generation_prompt()):]
+    else:
+        rendered = template.format.render_message(message)
+        output = rendered[len(template.get_generation_prompt()):]
     return message, calls, output

@@ -20,6 +20,7 @@ continues. `compile_constraint` caches compiled grammars by the spec's digest.
 """
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any, Mapping, Union
 
@@ -58,6 +59,10 @@ class Grammar:
         self.mode = "named" if spec.named else choice
         self.functions = {name: spec.parameters(name) for name in spec.function_names}
         code = spec.code_interpreter and self.mode != "none"
+        if code and s.code_parameters is not None and s.code_recipient not in self.functions:
+            # The format calls the code interpreter like any function (hermes: {"code": ...}).
+            self.functions[s.code_recipient] = json.loads(s.code_parameters)
+            code = False
         self.code_via_opener = code and self.code_opener is not None
         self.call_names = list(self.functions) if self.mode != "none" else []
         if code and self.code_opener is None and s.code_recipient not in self.functions:
@@ -165,8 +170,12 @@ class Grammar:
 
     def args_ctx(self, name: str) -> ArgsCtx:
         def build() -> ArgsCtx:
-            # Whatever ends arguments in the stream parser must not occur inside them.
-            excluded = [self.opener] + ([self.closer] if self.closer else []) + list(self.stops)
+            # Whatever ends arguments in the stream parser must not occur inside them. Where the
+            # parser always reads arguments by their JSON extent, only the stops (special tokens
+            # that end the turn) are kept out: the markers are JSON text there (`}`, `{"name": "`).
+            excluded = list(self.stops)
+            if not self.syntax.json_arguments:
+                excluded = [self.opener] + ([self.closer] if self.closer else []) + excluded
             return ArgsCtx(name, self.functions.get(name), excluded, lambda _sp: TextState(self.after_ctx()))
 
         return self._memo(("args", name), build)

@@ -127,7 +127,7 @@ class StreamParser:
         json_arguments: bool = False,
     ) -> None:
         self.syntax = syntax
-        self._json_arguments = json_arguments
+        self._json_arguments = json_arguments or syntax.json_arguments
         self._extent: Optional[_JsonExtent] = None  # the arguments being scanned, if any
         self._new_id = id_factory
         self._filter = _DropSpaceAfter(syntax.drop_space_after) if syntax.drop_space_after else None
@@ -318,7 +318,8 @@ class StreamParser:
         self._call_name = name
         self._body_emitted = False
         self._state = _State.ARGS
-        json_body = self._json_arguments and name != self.syntax.code_recipient
+        json_body = self._json_arguments and (
+            name != self.syntax.code_recipient or self.syntax.code_parameters is not None)
         self._extent = _JsonExtent() if json_body else None
         self._begin_segment()
         self._emit(ToolCallStart(index=self._call_index, id=self._new_id(), name=name))
@@ -332,7 +333,8 @@ class StreamParser:
 
     def _close_segment(self) -> None:
         if self._state in (_State.ARGS, _State.CODE):
-            if not self._body_emitted and self._call_name != self.syntax.code_recipient:
+            if not self._body_emitted and (self._call_name != self.syntax.code_recipient
+                                           or self.syntax.code_parameters is not None):
                 self._emit(ToolCallArgsDelta(index=self._call_index, arguments="{}"))
             self._args_ws = ""
         elif self._state is _State.TEXT and self.syntax.strip_text_segments:

@@ -35,6 +35,13 @@ class OutputSyntax:
     text_joiner: str = "\n"
     # SentencePiece decoding shows a space after these special tokens; it is not part of the format.
     drop_space_after: tuple[str, ...] = ()
+    # True: arguments are always one JSON value, read by its extent (hermes, llama3-json write
+    # the call as a JSON object whose closing brace is part of `call_close`). False: arguments
+    # are the text up to the next marker unless grammar sampling guarantees JSON.
+    json_arguments: bool = False
+    # JSON Schema (as JSON text) of the code interpreter's arguments where the format calls it
+    # like any other function (hermes: `{"code": "..."}`); None: code is a free-text body.
+    code_parameters: Optional[str] = None
 
     @property
     def name_end_written(self) -> str:

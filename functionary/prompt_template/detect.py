@@ -8,10 +8,11 @@ _VERSION_MARKER = re.compile(r"\{# version=(?P<version>.+?) #\}")
 
 
 def detect_version(tokenizer: Any) -> Optional[str]:
-    """The format version of `tokenizer`, or None if it is not a Functionary tokenizer.
+    """The format version of `tokenizer`, or None if neither its template nor its vocabulary names one.
 
-    Order: the `{# version=... #}` marker of its chat template, then which format's special
-    strings are single tokens in its vocabulary.
+    Order: the `{# version=... #}` marker of its chat template, the tool format the template
+    teaches (`tool_format_of_template`), then which format's special strings are single tokens
+    in its vocabulary.
     """
     chat_template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(chat_template, dict):  # several named templates
@@ -19,6 +20,9 @@ def detect_version(tokenizer: Any) -> Optional[str]:
     match = _VERSION_MARKER.search(chat_template)
     if match:
         return match.group("version").strip()
+    named = tool_format_of_template(chat_template)
+    if named is not None:
+        return named
     if _single_token(tokenizer, "<|eom_id|>"):
         return "v3-llama3.1"
     if _single_token(tokenizer, "<|reserved_special_token_249|>"):
@@ -28,6 +32,19 @@ def detect_version(tokenizer: Any) -> Optional[str]:
         return "v2"
     if _single_token(tokenizer, "<|START_OF_FUNCTION_CALL|>"):
         return "v1"
+    return None
+
+
+def tool_format_of_template(chat_template: str) -> Optional[str]:
+    """The tool format a model's own chat template teaches, where it names one: `<tool_call>`
+    blocks (Hermes, Qwen 2.5/3 and the models trained on their data) are `hermes`; Meta's JSON
+    tool calls (`{"name": function name, "parameters": ...}`, Llama 3.1+) are `llama3-json`.
+    Checked before the vocabulary: a Llama 3.1 Instruct template is JSON tool calling although
+    its vocabulary also has the tokens of Functionary's v3-llama3.1."""
+    if "<tool_call>" in chat_template:
+        return "hermes"
+    if '"parameters": dictionary of argument name' in chat_template:
+        return "llama3-json"
     return None
 
 

@@ -1,4 +1,5 @@
-"""The five Functionary prompt formats, as data plus a few small functions (FORMAT_SPEC.md §4-§5).
+"""The five Functionary prompt formats and two of other model families (hermes, llama3-json), as
+data plus a few small functions (FORMAT_SPEC.md §4-§5).
 
 Each `Format` says how messages render, which system messages are injected in front of them, and
 (through its `OutputSyntax`) how the model writes text and calls. Rendering, parsing, streaming
@@ -204,6 +205,146 @@ def _v31_system(functions: list, code_interpreter: bool) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Formats of other model families: whole conversations, as their published chat templates
+# render them (a message's bytes depend on its neighbours: merged system prompt, grouped tool
+# results). Arguments are JSON: a JSON string renders as `tojson` of its value (what the
+# templates print for the dicts vLLM and transformers pass), anything else verbatim.
+
+def json_text(arguments: Any) -> str:
+    """A call's arguments as the published templates print them (`tojson` of the decoded value)."""
+    if arguments is None or arguments == "":
+        return "{}"
+    try:
+        value = json.loads(arguments)
+    except (TypeError, ValueError):
+        return str(arguments)
+    # Only an object is re-serialised (vLLM decodes arguments into dicts for chat templates).
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else str(arguments)
+
+
+def tool_json(function: Mapping[str, Any]) -> dict:
+    """A function as the OpenAI tool object templates print: absent description / parameters
+    (our normalised "" / None) are left out, as a client that never sent them would render."""
+    out: dict[str, Any] = {"name": function.get("name")}
+    if function.get("description"):
+        out["description"] = function["description"]
+    if function.get("parameters") is not None:
+        out["parameters"] = function["parameters"]
+    return {"type": "function", "function": out}
+
+
+CODE_PARAMETERS = {
+    "type": "object",
+    "properties": {"code": {"type": "string", "description": "The Python code to run."}},
+    "required": ["code"],
+}
+# hermes has no built-in code interpreter: it is offered as a function of that name.
+CODE_TOOL = {"type": "function", "function": {
+    "name": "python", "description": PYTHON_RUN_SYS_MSG, "parameters": CODE_PARAMETERS}}
+
+# hermes: ChatML with <tool_call> JSON, byte for byte as Qwen2.5-Instruct's chat template
+# (tests/reference/chat_templates/qwen2.5-instruct.jinja), the layout Hermes-style tool data uses.
+HERMES_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+HERMES_TOOLS_HEAD = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+HERMES_TOOLS_TAIL = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}\n</tool_call><|im_end|>\n"
+)
+_RESULT_ROLES = ("tool", "function")
+
+
+def _hermes_render(messages: list, functions: list, code_interpreter: bool) -> str:
+    tools = [tool_json(f) for f in functions] + ([CODE_TOOL] if code_interpreter else [])
+    first_system = bool(messages) and messages[0]["role"] == "system"
+    system = text_of(messages[0].get("content")) if first_system else HERMES_DEFAULT_SYSTEM
+    if tools:
+        out = [f"<|im_start|>system\n{system}{HERMES_TOOLS_HEAD}"]
+        out += ["\n" + json.dumps(t, ensure_ascii=False) for t in tools]
+        out.append(HERMES_TOOLS_TAIL)
+    else:
+        out = [f"<|im_start|>system\n{system}<|im_end|>\n"]
+    for i, m in enumerate(messages):
+        role, c = m["role"], text_of(m.get("content"))
+        if role == "user" or (role == "system" and i > 0):
+            out.append(f"<|im_start|>{role}\n{c}<|im_end|>\n")
+        elif role == "assistant":
+            calls = calls_of(m)
+            if not calls:
+                out.append("<|im_start|>assistant\n" if c is None else f"<|im_start|>assistant\n{c}<|im_end|>\n")
+                continue
+            out.append("<|im_start|>assistant" + (f"\n{c}" if c else ""))
+            out += [f'\n<tool_call>\n{{"name": "{n}", "arguments": {json_text(a)}}}\n</tool_call>' for n, a in calls]
+            out.append("<|im_end|>\n")
+        elif role in _RESULT_ROLES:
+            if i == 0 or messages[i - 1]["role"] not in _RESULT_ROLES:
+                out.append("<|im_start|>user")
+            out.append(f"\n<tool_response>\n{c}\n</tool_response>")
+            if i == len(messages) - 1 or messages[i + 1]["role"] not in _RESULT_ROLES:
+                out.append("<|im_end|>\n")
+    return "".join(out)
+
+
+# llama3-json: Llama 3.1+ JSON tool calls, byte for byte as Meta's Llama-3.1-Instruct chat template
+# (tests/reference/chat_templates/llama3.1-instruct.jinja) with its defaults (tools in the first
+# user message, date "26 Jul 2024"); the code interpreter is its built-in `<|python_tag|>` tool.
+LLAMA31_DATE = "26 Jul 2024"
+LLAMA31_TOOLS_INTRO = (
+    "Given the following functions, please respond with a JSON for a function call "
+    "with its proper arguments that best answers the given prompt.\n\n"
+    'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.'
+    "Do not use variables.\n\n"
+)
+
+
+def _llama3_json_render(messages: list, functions: list, code_interpreter: bool) -> str:
+    from .errors import PromptError
+
+    tools = [tool_json(f) for f in functions] or None
+    msgs = list(messages)
+    system = ""
+    if msgs and msgs[0]["role"] == "system":
+        system = str(text_of(msgs[0].get("content"))).strip()
+        msgs = msgs[1:]
+    out = [_header("system")]
+    if code_interpreter or tools is not None:
+        out.append("Environment: ipython\n")
+    if code_interpreter:
+        out.append("Tools: \n\n")  # Meta's built-in tools minus code_interpreter: none
+    out.append(f"Cutting Knowledge Date: December 2023\nToday Date: {LLAMA31_DATE}\n\n{system}<|eot_id|>")
+    if tools is not None:
+        if not msgs or msgs[0]["role"] != "user" or text_of(msgs[0].get("content")) is None:
+            raise PromptError("llama3-json puts the tools in the first user message: the conversation needs one.",
+                              "messages")
+        first = str(text_of(msgs[0].get("content"))).strip()
+        msgs = msgs[1:]
+        out.append(_header("user") + LLAMA31_TOOLS_INTRO)
+        out += [json.dumps(t, indent=4, ensure_ascii=False) + "\n\n" for t in tools]
+        out.append(first + "<|eot_id|>")
+    for m in msgs:
+        role, c = m["role"], text_of(m.get("content"))
+        calls = calls_of(m) if role == "assistant" else []
+        if role in _RESULT_ROLES:
+            # The template prints `tojson` of a string result too (a string is iterable in Jinja).
+            out.append(_header("ipython") + ("None" if c is None else json.dumps(c, ensure_ascii=False)) + "<|eot_id|>")
+        elif calls:
+            # One call per turn in Meta's template; several are written one per line.
+            body = "\n".join(
+                f"<|python_tag|>{a}" if n == "python" else f'{{"name": "{n}", "parameters": {json_text(a)}}}'
+                for n, a in calls
+            )
+            out.append(_header("assistant") + body + ("<|eom_id|>" if code_interpreter else "<|eot_id|>"))
+        elif role == "assistant" and c is None:
+            out.append(_header("assistant"))
+        else:
+            out.append(_header(role) + str(c).strip() + "<|eot_id|>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Format:
@@ -218,6 +359,9 @@ class Format:
     # Generation prefixes (FORMAT_SPEC §5) where they are not derived from the syntax.
     required_prefix: Optional[str] = None
     named_prefix: Optional[Callable[[str], str]] = None
+    # Formats whose messages render in context (other model families): the whole conversation
+    # (messages, functions, code-interpreter flag) at once; `render_message` is then unused.
+    render_conversation: Optional[Callable[[list, list, bool], str]] = None
 
     def prefix_for(self, choice: Any) -> str:
         """The text appended after the generation prompt for an effective tool_choice."""
@@ -301,6 +445,30 @@ FORMATS: dict[str, Format] = {
             generation_prompt=_header("assistant"),
             render_message=_v31_message,
             system_messages=_v31_system,
+        ),
+        Format(
+            version="hermes",
+            syntax=OutputSyntax(
+                call_open='<tool_call>\n{"name": "', name_end='", "arguments": ', call_close="}\n</tool_call>",
+                stop_tokens=("<|im_end|>", "<|endoftext|>"), strip_text_segments=False, text_joiner="",
+                json_arguments=True, code_parameters=json.dumps(CODE_PARAMETERS),
+            ),
+            generation_prompt="<|im_start|>assistant\n",
+            render_message=lambda m: "",
+            system_messages=lambda functions, code: [],
+            render_conversation=_hermes_render,
+        ),
+        Format(
+            version="llama3-json",
+            syntax=OutputSyntax(
+                call_open='{"name": "', name_end='", "parameters": ', call_close="}",
+                code_open="<|python_tag|>", stop_tokens=LLAMA3_STOPS + ("<|eom_id|>",),
+                strip_text_segments=False, text_joiner="", json_arguments=True,
+            ),
+            generation_prompt=_header("assistant"),
+            render_message=lambda m: "",
+            system_messages=lambda functions, code: [],
+            render_conversation=_llama3_json_render,
         ),
     )
 }

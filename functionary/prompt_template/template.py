@@ -78,6 +78,9 @@ class PromptTemplate:
 
         No generation prompt or tool_choice prefix is added (see `inference.build_inference_prompt`).
         """
+        if self.format.render_conversation is not None:
+            functions, code_interpreter = split_tools(tools_or_functions)
+            return self.format.render_conversation(list(messages), functions, code_interpreter)
         return "".join(
             self.format.render_message(m) for m in self.inject_system_messages(messages, tools_or_functions)
         )

@@ -40,7 +40,7 @@ LLAMA3_TOKENS = (
 )
 LLAMA31_EXTRA_TOKENS = ("<|eom_id|>", "<|python_tag|>")
 
-# version -> (added special tokens, bos, eos)
+# version -> (added special tokens, bos (None: the tokenizer adds none), eos)
 FORMATS: dict[str, tuple[tuple[str, ...], Optional[str], Optional[str]]] = {
     "v1": (
         (
@@ -64,6 +64,10 @@ FORMATS: dict[str, tuple[tuple[str, ...], Optional[str], Optional[str]]] = {
     "v2.llama3": (LLAMA3_TOKENS, "<|begin_of_text|>", "<|eot_id|>"),
     "v3.llama3": (LLAMA3_TOKENS, "<|begin_of_text|>", "<|eot_id|>"),
     "v3-llama3.1": (LLAMA3_TOKENS + LLAMA31_EXTRA_TOKENS, "<|begin_of_text|>", "<|eot_id|>"),
+    # Other model families: ChatML (Qwen, Hermes: no BOS; the default tokenizer already has
+    # <|im_start|> and <|im_end|> as special tokens) and Llama 3.1.
+    "hermes": (("<|im_start|>", "<|im_end|>", "<|endoftext|>"), None, "<|im_end|>"),
+    "llama3-json": (LLAMA3_TOKENS + LLAMA31_EXTRA_TOKENS, "<|begin_of_text|>", "<|eot_id|>"),
 }
 DEFAULT_VERSION = "default"
 VERSIONS = (DEFAULT_VERSION, *FORMATS)
@@ -169,14 +173,16 @@ def _build(version: str, chat_template: Optional[str], base: Path, out: Path) ->
         for t in tokens:
             ids = tk.encode(t, add_special_tokens=False).ids
             assert ids == [tk.token_to_id(t)], (t, ids)
-        bos_id = tk.token_to_id(bos)
-        # Prepend BOS like the real models' tokenizers do.
-        tk.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A",
-            pair=f"{bos} $A {bos} $B",
-            special_tokens=[(bos, bos_id)],
-        )
-        kwargs.update(bos_token=bos, eos_token=eos)
+        if bos is not None:
+            bos_id = tk.token_to_id(bos)
+            # Prepend BOS like the real models' tokenizers do.
+            tk.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A",
+                pair=f"{bos} $A {bos} $B",
+                special_tokens=[(bos, bos_id)],
+            )
+            kwargs.update(bos_token=bos)
+        kwargs.update(eos_token=eos)
         kwargs["additional_special_tokens"] = [t for t in tokens if t not in (bos, eos)]
     if chat_template is None and version == DEFAULT_VERSION:
         template_file = base / "chat_template.jinja"

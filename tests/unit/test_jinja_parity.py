@@ -25,7 +25,10 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS_DIR = ROOT / "prompts"
-VERSIONS = ["v1", "v2", "v2.llama3", "v3.llama3", "v3-llama3.1"]
+VERSIONS = ["v1", "v2", "v2.llama3", "v3.llama3", "v3-llama3.1", "hermes", "llama3-json"]
+# Formats of other model families: their templates get tool-call arguments decoded into objects,
+# as vLLM and transformers pass them (the Python renderer prints a JSON object as `tojson` does).
+JSON_ARGUMENT_VERSIONS = ("hermes", "llama3-json")
 TS_VERSIONS = ["v1", "v2", "v2.llama3", "v3.llama3"]  # the ones that render the TypeScript namespace
 
 GOLDEN_DIRS = [ROOT / "tests" / "golden", ROOT.parent / "shared" / "spec" / "vectors"]
@@ -48,8 +51,11 @@ def render_jinja(
     add_generation_prompt: bool = True,
 ) -> str:
     """Render with transformers' own chat-template renderer (as apply_chat_template does)."""
+    messages = copy.deepcopy(messages)
+    if version in JSON_ARGUMENT_VERSIONS:
+        messages = decode_arguments(messages, code_is_json=version == "hermes")
     rendered, _ = render_jinja_template(
-        conversations=[copy.deepcopy(messages)],
+        conversations=[messages],
         tools=copy.deepcopy(tools),
         chat_template=template_text(version),
         add_generation_prompt=add_generation_prompt,
@@ -57,6 +63,28 @@ def render_jinja(
         bos_token="",
     )
     return rendered[0]
+
+
+def decode_arguments(messages: Any, code_is_json: bool) -> Any:
+    """Tool-call arguments that are a JSON object, decoded (what vLLM does before a chat template);
+    python calls carry code, not JSON, unless the format calls python with `{"code": ...}`."""
+    for m in messages if isinstance(messages, list) else []:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        functions = [c.get("function") if isinstance(c, dict) else None for c in (calls if isinstance(calls, list) else [])]
+        if isinstance(m, dict) and isinstance(m.get("function_call"), dict):  # legacy
+            functions.append(m["function_call"])
+        for f in functions:
+            if not isinstance(f, dict) or not isinstance(f.get("arguments"), str):
+                continue
+            if f.get("name") == "python" and not code_is_json:
+                continue
+            try:
+                value = json.loads(f["arguments"])
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                f["arguments"] = value
+    return messages
 
 
 def render_python(

@@ -1,0 +1,29 @@
+"""A model's own chat template picks the tool format it was trained on (issue 16)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from functionary.prompt_template import detect_version, get_prompt_template_by_version
+from tests.support.tokenizers import build_format_tokenizer
+
+REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "chat_templates"
+
+
+def test_a_qwen_style_template_with_tool_call_blocks_is_hermes():
+    tok = build_format_tokenizer("hermes", chat_template=(REFERENCE / "qwen2.5-instruct.jinja").read_text())
+    assert detect_version(tok) == "hermes"
+
+
+def test_metas_llama31_template_is_llama3_json_although_its_vocabulary_is_llama31():
+    # The vocabulary alone (<|eom_id|> a single token) says Functionary's v3-llama3.1.
+    assert detect_version(build_format_tokenizer("llama3-json")) == "v3-llama3.1"
+    tok = build_format_tokenizer("llama3-json", chat_template=(REFERENCE / "llama3.1-instruct.jinja").read_text())
+    assert detect_version(tok) == "llama3-json"
+
+
+@pytest.mark.parametrize("version", ["hermes", "llama3-json"])
+def test_our_own_templates_carry_their_version(version):
+    jinja = get_prompt_template_by_version(version).get_chat_template_jinja()
+    assert detect_version(build_format_tokenizer("v3-llama3.1", chat_template=jinja)) == version
