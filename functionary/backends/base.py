@@ -32,7 +32,13 @@ class GenerationParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     min_tokens: int = 0
+    # Log probabilities: None for none, k >= 0 for the sampled token's and the k most likely ones'.
     logprobs: Optional[int] = None
+    # Added to the logits of these token ids (OpenAI's `logit_bias`, -100..100).
+    logit_bias: Optional[dict[int, float]] = None
+    # The whole output must be JSON: {"type": "json_object"} or {"type": "json_schema", "schema": {...}}
+    # (OpenAI's `response_format`). Never together with `constraint`.
+    response_format: Optional[dict[str, Any]] = None
     # Serialisable constraint for grammar sampling (format version, tools, tool_choice), or None.
     constraint: Optional[dict[str, Any]] = None
     # How the engine enforces `constraint`: "xgrammar" (a structural tag through the engine's
@@ -44,6 +50,15 @@ class GenerationParams:
 
 
 @dataclass
+class TokenLogprob:
+    """A token's text and log probability; `top` holds the most likely tokens at its position."""
+
+    token: str
+    logprob: float
+    top: list["TokenLogprob"] = field(default_factory=list)
+
+
+@dataclass
 class GenerationDelta:
     """New text for one choice of a running request."""
 
@@ -51,6 +66,8 @@ class GenerationDelta:
     text: str
     token_ids: Sequence[int] = ()
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | None while running
+    # One entry per token in `token_ids` when the request asked for log probabilities.
+    logprobs: Optional[list[TokenLogprob]] = None
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Optional, Sequence, Union
 
-from functionary.backends.base import GenerationDelta, GenerationParams
+from functionary.backends.base import GenerationDelta, GenerationParams, TokenLogprob
 
 ScriptText = Union[str, Sequence[str]]
 Script = Union[Sequence[ScriptText], Callable[[str], Union[ScriptText, Sequence[ScriptText]]]]
@@ -183,6 +183,7 @@ class FakeBackend:
         stop_ids: set[int],
     ) -> Optional[GenerationDelta]:
         new_ids: list[int] = []
+        new_pieces: list[str] = []
         finish: Optional[str] = None
         for _ in range(self.tokens_per_delta):
             if params.max_tokens is not None and run.emitted_tokens >= params.max_tokens:
@@ -195,6 +196,7 @@ class FakeBackend:
             run.pos += 1
             run.emitted_tokens += 1
             new_ids.append(token_id)
+            new_pieces.append(piece)
             if token_id in stop_ids:
                 finish = "stop"  # the stop token's text is not delivered
                 break
@@ -217,7 +219,8 @@ class FakeBackend:
         run.finish = finish
         if not text and not new_ids and finish is None:
             return None
-        return GenerationDelta(index=run.index, text=text, token_ids=new_ids, finish_reason=finish)
+        logprobs = None if params.logprobs is None else [_fake_logprob(p, params.logprobs) for p in new_pieces]
+        return GenerationDelta(index=run.index, text=text, token_ids=new_ids, finish_reason=finish, logprobs=logprobs)
 
     async def abort(self, request_id: str) -> None:
         if request_id in self.running:
@@ -231,6 +234,15 @@ class FakeBackend:
 
     async def shutdown(self) -> None:
         self.shut_down = True
+
+
+def _fake_logprob(piece: str, top: int) -> TokenLogprob:
+    """A made-up but well-formed log probability: the sampled piece is the most likely token,
+    followed by `top - 1` alternatives."""
+    logprob = -0.25
+    alternatives = [TokenLogprob(token=piece, logprob=logprob)]
+    alternatives += [TokenLogprob(token=f"<alt{k}>", logprob=logprob - k) for k in range(1, top)]
+    return TokenLogprob(token=piece, logprob=logprob, top=alternatives[:top])
 
 
 def _find_stop(text: str, stops: list[str], sent: int) -> Optional[int]:

@@ -41,6 +41,7 @@ from functionary.backends.base import (
     GenerationDelta,
     GenerationParams,
     LoRAAdapter,
+    TokenLogprob,
 )
 from functionary.backends.cpu_threads import ComputeThreads
 from functionary.backends.vllm_adapter import (
@@ -132,6 +133,10 @@ def to_sampling_params(params: GenerationParams) -> "SamplingParams":
             extra_args[CONSTRAINT_KEY] = params.constraint
         else:
             raise ValueError(f"unknown grammar backend {params.constraint_backend!r}")
+    if params.response_format is not None:
+        if so is not None:
+            raise ValueError("response_format cannot be combined with grammar sampling or structured_outputs")
+        so = _response_format_outputs(params.response_format)
     if isinstance(so, dict):
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -158,6 +163,7 @@ def to_sampling_params(params: GenerationParams) -> "SamplingParams":
         ignore_eos=params.ignore_eos,
         min_tokens=params.min_tokens,
         logprobs=params.logprobs,
+        logit_bias=dict(params.logit_bias) if params.logit_bias else None,
         # The Functionary formats are written in special tokens: keep them in the text.
         skip_special_tokens=False,
         spaces_between_special_tokens=False,
@@ -168,7 +174,41 @@ def to_sampling_params(params: GenerationParams) -> "SamplingParams":
     return SamplingParams(**kwargs)
 
 
-def _deltas(output: Any) -> list[GenerationDelta]:
+def _response_format_outputs(response_format: dict[str, Any]) -> dict[str, Any]:
+    """vLLM structured outputs for OpenAI's `response_format` (JSON only)."""
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        return {"json": response_format.get("schema") or {"type": "object"}}
+    raise ValueError(f"unknown response_format type {kind!r}")
+
+
+def _logprobs(token_ids: Sequence[int], positions: Any, top: int) -> Optional[list[TokenLogprob]]:
+    """Our log probabilities from vLLM's: per position, a dict token id -> Logprob holding the
+    sampled token and the `top` most likely ones (by rank)."""
+    if positions is None:
+        return None
+    out: list[TokenLogprob] = []
+    for token_id, position in zip(token_ids, positions):
+        if not position:
+            continue
+        chosen = position.get(token_id)
+        if chosen is None:
+            continue
+        ranked = sorted(
+            (lp for lp in position.values() if lp.rank is not None and lp.rank <= top),
+            key=lambda lp: lp.rank,
+        )[:top]
+        out.append(TokenLogprob(
+            token=chosen.decoded_token or "",
+            logprob=float(chosen.logprob),
+            top=[TokenLogprob(token=lp.decoded_token or "", logprob=float(lp.logprob)) for lp in ranked],
+        ))
+    return out
+
+
+def _deltas(output: Any, top_logprobs: Optional[int] = None) -> list[GenerationDelta]:
     """GenerationDeltas of one vLLM RequestOutput (DELTA kind)."""
     return [
         GenerationDelta(
@@ -176,6 +216,7 @@ def _deltas(output: Any) -> list[GenerationDelta]:
             text=c.text,
             token_ids=tuple(c.token_ids),
             finish_reason=c.finish_reason,
+            logprobs=None if top_logprobs is None else _logprobs(c.token_ids, c.logprobs, top_logprobs),
         )
         for c in output.outputs
     ]
@@ -668,7 +709,7 @@ class VLLMBackend:
         try:
             async for out in stream:
                 finished = out.finished
-                for delta in _deltas(out):
+                for delta in _deltas(out, sampling_params.logprobs):
                     yield delta
         finally:
             # Leaving early (client gone, task cancelled, consumer stopped): vLLM's own
@@ -709,7 +750,7 @@ class VLLMBackend:
                     done = True
                     raise item
                 done = item.finished
-                for delta in _deltas(item):
+                for delta in _deltas(item, sampling_params.logprobs):
                     if delta.finish_reason is not None:
                         unfinished.discard(delta.index)
                     yield delta

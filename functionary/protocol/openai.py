@@ -147,9 +147,25 @@ class StreamOptions(OpenAIBaseModel):
     continuous_usage_stats: Optional[bool] = False
 
 
+class JsonSchemaFormat(OpenAIBaseModel):
+    """`response_format.json_schema` as OpenAI documents it."""
+
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: Optional[str] = None
+    # OpenAI's name for the schema; `json_schema` is accepted too (vLLM's alias).
+    schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+
+
 class ResponseFormat(OpenAIBaseModel):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[dict[str, Any]] = None
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("`json_schema` is required when `type` is \"json_schema\"")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,10 +297,30 @@ class AssistantMessage(ResponseModel):
         return data
 
 
+class TopLogprob(ResponseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprobOut(ResponseModel):
+    """One generated token with its log probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(ResponseModel):
+    content: Optional[list[TokenLogprobOut]] = None
+    refusal: Optional[list[TokenLogprobOut]] = None
+
+
 class ChatCompletionChoice(ResponseModel):
     index: int
     message: AssistantMessage
-    logprobs: Optional[Any] = None
+    logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[str] = None
 
 
@@ -337,7 +373,7 @@ class DeltaMessage(ResponseModel):
 class ChatCompletionChunkChoice(ResponseModel):
     index: int
     delta: DeltaMessage
-    logprobs: Optional[Any] = None
+    logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[str] = None
 
 

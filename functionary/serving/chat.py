@@ -30,11 +30,14 @@ from functionary.protocol.openai import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatMessage,
+    ChoiceLogprobs,
     DeltaFunctionCall,
     DeltaMessage,
     DeltaToolCall,
     FunctionCallOut,
+    TokenLogprobOut,
     ToolCallOut,
+    TopLogprob,
     UsageInfo,
 )
 from functionary.protocol.text_validation import first_unencodable
@@ -309,12 +312,8 @@ class ChatService:
         n = request.n if request.n is not None else 1
         if n > self.max_n:
             raise InvalidRequestError(f"n must be at most {self.max_n}, got {n}.", param="n")
-        if request.logprobs or request.top_logprobs:
-            logger.info("logprobs are not supported; the response carries logprobs=null")
-        if request.logit_bias:
-            logger.info("logit_bias is not supported and was ignored")
-        if request.response_format is not None and request.response_format.type != "text":
-            logger.warning("response_format %r is not enforced", request.response_format.type)
+        logprobs = _logprobs_param(request)
+        logit_bias = _logit_bias_param(request)
 
         messages = [_message_dict(m) for m in request.messages]
         tools = [t.model_dump(exclude_none=True) for t in request.tools] if request.tools is not None else None
@@ -369,7 +368,9 @@ class ChatService:
                 f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens}).", param="min_tokens"
             )
 
-        constraint = self._constraint(built, request.parallel_tool_calls)
+        response_format = _response_format_param(request, built.tool_choice)
+        # A JSON response replaces the format's text constraint (only text can be written then).
+        constraint = None if response_format else self._constraint(built, request.parallel_tool_calls)
         stop_ids, stop_texts = self.split_stops(tuple(built.stop))
         if constraint is not None and self.grammar_backend == XGRAMMAR:
             # The structural tag ends the turn itself (after a stop marker only end-of-sequence
@@ -394,7 +395,9 @@ class ChatService:
             stop_token_ids=stop_token_ids,
             ignore_eos=bool(request.ignore_eos),
             min_tokens=min_tokens,
-            logprobs=None,
+            logprobs=logprobs,
+            logit_bias=logit_bias,
+            response_format=response_format,
             constraint=constraint,
             constraint_backend=self.grammar_backend,
             lora=model if model in self.lora_names else None,
@@ -436,8 +439,10 @@ class ChatService:
 
     # ------------------------------------------------------------------ running
 
-    async def _run(self, prep: PreparedChat) -> AsyncIterator[tuple[int, list[DeltaMessage], Optional[str]]]:
-        """Engine output -> (choice index, deltas, finish_reason or None), in order."""
+    async def _run(self, prep: PreparedChat) -> AsyncIterator["_ChoiceUpdate"]:
+        """Engine output -> per-choice updates (deltas, finish_reason, log probabilities), in
+        order. Log probabilities ride on the next update of their choice, so the updates of a
+        stream add up to exactly the whole answer's."""
         ids = _ToolCallIds()
         choices = [
             _Choice(
@@ -451,6 +456,13 @@ class ChatService:
         ]
         stats = prep.stats
         opened = False
+        pending: list[list[Any]] = [[] for _ in choices]  # log probabilities not yet sent
+
+        def update(index: int, deltas: list[DeltaMessage], reason: Optional[str]) -> _ChoiceUpdate:
+            logprobs = pending[index] if prep.params.logprobs is not None else None
+            pending[index] = []
+            return _ChoiceUpdate(index, deltas, reason, logprobs)
+
         try:
             generator = self.backend.generate(prep.request_id, prep.prompt_token_ids, prep.params)
         except Exception as exc:
@@ -467,7 +479,7 @@ class ChatService:
                         # choice i to appear before choice i+1).
                         opened = True
                         for c in choices:
-                            yield c.index, [DeltaMessage(role="assistant")], None
+                            yield _ChoiceUpdate(c.index, [DeltaMessage(role="assistant")], None, None)
                     choice = choices[out.index]
                     choice.completion_tokens += len(out.token_ids)
                     stats.completion_tokens += len(out.token_ids)
@@ -477,15 +489,17 @@ class ChatService:
                         continue
                     if stats.first_token_at is None and (out.text or out.token_ids):
                         stats.first_token_at = time.monotonic()
+                    if out.logprobs:
+                        pending[out.index].extend(out.logprobs)
                     deltas = choice.feed(out.text)
                     if choice.cut:
                         last, reason = choice.close(out.finish_reason)
-                        yield choice.index, deltas + last, reason
+                        yield update(choice.index, deltas + last, reason)
                     elif out.finish_reason is not None:
                         last, reason = choice.close(out.finish_reason)
-                        yield choice.index, deltas + last, reason
+                        yield update(choice.index, deltas + last, reason)
                     elif deltas:
-                        yield choice.index, deltas, None
+                        yield update(choice.index, deltas, None)
                     if all(c.done for c in choices):
                         break
             except ServiceError:
@@ -494,11 +508,11 @@ class ChatService:
                 raise await self._engine_error(exc) from exc
             if not opened:
                 for c in choices:
-                    yield c.index, [DeltaMessage(role="assistant")], None
+                    yield _ChoiceUpdate(c.index, [DeltaMessage(role="assistant")], None, None)
             for choice in choices:  # the engine ended without a finish_reason for these
                 if not choice.done:
                     last, reason = choice.close("stop")
-                    yield choice.index, last, reason
+                    yield update(choice.index, last, reason)
         finally:
             unfinished = not all(c.engine_finished for c in choices)
             with anyio.CancelScope(shield=True):
@@ -541,18 +555,27 @@ class ChatService:
         """The non-streamed answer: every delta of every choice, folded."""
         folders = [MessageFolder() for _ in range(prep.params.n)]
         reasons: list[Optional[str]] = [None] * prep.params.n
-        async for index, deltas, reason in self._run(prep):
-            for delta in deltas:
-                folders[index].add(delta)
-            if reason is not None:
-                reasons[index] = reason
-                prep.stats.finish_reasons.append(reason)
+        wants_logprobs = prep.params.logprobs is not None
+        logprobs: list[list[Any]] = [[] for _ in range(prep.params.n)]
+        async for up in self._run(prep):
+            for delta in up.deltas:
+                folders[up.index].add(delta)
+            if up.logprobs:
+                logprobs[up.index].extend(up.logprobs)
+            if up.finish_reason is not None:
+                reasons[up.index] = up.finish_reason
+                prep.stats.finish_reasons.append(up.finish_reason)
         return ChatCompletionResponse(
             id=prep.request_id,
             created=prep.created,
             model=prep.model,
             choices=[
-                ChatCompletionChoice(index=i, message=f.message(), finish_reason=reasons[i])
+                ChatCompletionChoice(
+                    index=i,
+                    message=f.message(),
+                    logprobs=choice_logprobs(logprobs[i]) if wants_logprobs else None,
+                    finish_reason=reasons[i],
+                )
                 for i, f in enumerate(folders)
             ],
             usage=self.usage(prep),
@@ -561,20 +584,31 @@ class ChatService:
     async def stream(self, prep: PreparedChat) -> AsyncIterator[ChatCompletionChunk]:
         """The streamed answer: one chunk per delta, a finish chunk per choice, then usage."""
 
-        def chunk(index: int, delta: DeltaMessage, reason: Optional[str] = None) -> ChatCompletionChunk:
+        def chunk(
+            index: int, delta: DeltaMessage, reason: Optional[str] = None, logprobs: Optional[list] = None
+        ) -> ChatCompletionChunk:
             return ChatCompletionChunk(
                 id=prep.request_id,
                 created=prep.created,
                 model=prep.model,
-                choices=[ChatCompletionChunkChoice(index=index, delta=delta, finish_reason=reason)],
+                choices=[ChatCompletionChunkChoice(
+                    index=index,
+                    delta=delta,
+                    logprobs=choice_logprobs(logprobs) if logprobs is not None else None,
+                    finish_reason=reason,
+                )],
             )
 
-        async for index, deltas, reason in self._run(prep):
-            for delta in deltas:
-                yield chunk(index, delta)
-            if reason is not None:
-                prep.stats.finish_reasons.append(reason)
-                yield chunk(index, DeltaMessage(), reason)
+        async for up in self._run(prep):
+            logprobs = up.logprobs  # sent once, with the update's first chunk
+            for delta in up.deltas:
+                yield chunk(up.index, delta, logprobs=logprobs)
+                logprobs = None
+            if up.finish_reason is not None:
+                prep.stats.finish_reasons.append(up.finish_reason)
+                yield chunk(up.index, DeltaMessage(), up.finish_reason, logprobs=logprobs)
+            elif logprobs:
+                yield chunk(up.index, DeltaMessage(), logprobs=logprobs)
         if prep.include_usage:
             yield ChatCompletionChunk(
                 id=prep.request_id,
@@ -595,3 +629,99 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
     """A message as the template layer takes it: plain OpenAI JSON (it normalises content
     parts and the `developer` role itself)."""
     return message.model_dump(exclude_none=True)
+
+
+@dataclass
+class _ChoiceUpdate:
+    """What `_run` hands on for one choice: deltas, its finish_reason once it finished, and the
+    log probabilities of the tokens since its last update (None when not asked for)."""
+
+    index: int
+    deltas: list[DeltaMessage]
+    finish_reason: Optional[str]
+    logprobs: Optional[list[Any]]
+
+
+def choice_logprobs(entries: Sequence[Any]) -> ChoiceLogprobs:
+    """OpenAI's `logprobs` object of a choice from the backend's `TokenLogprob`s."""
+
+    def utf8(token: str) -> list[int]:
+        return list(token.encode("utf-8", errors="surrogatepass"))
+
+    return ChoiceLogprobs(content=[
+        TokenLogprobOut(
+            token=e.token,
+            logprob=e.logprob,
+            bytes=utf8(e.token),
+            top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob, bytes=utf8(t.token)) for t in e.top],
+        )
+        for e in entries
+    ])
+
+
+def _logprobs_param(request: ChatCompletionRequest) -> Optional[int]:
+    """The number of alternatives per token to return, or None for no log probabilities."""
+    if request.top_logprobs is not None and not request.logprobs:
+        raise InvalidRequestError("`top_logprobs` requires `logprobs` to be true.", param="top_logprobs")
+    if not request.logprobs:
+        return None
+    return request.top_logprobs or 0
+
+
+LOGIT_BIAS_LIMIT = 100.0
+
+
+def _logit_bias_param(request: ChatCompletionRequest) -> Optional[dict[int, float]]:
+    """OpenAI's `logit_bias` (token id strings -> -100..100) as token ids."""
+    if not request.logit_bias:
+        return None
+    bias: dict[int, float] = {}
+    for key, value in request.logit_bias.items():
+        try:
+            token_id = int(key)
+        except ValueError:
+            raise InvalidRequestError(
+                f"`logit_bias` keys must be token ids, got {key!r}.", param="logit_bias"
+            ) from None
+        if token_id < 0 or not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+            raise InvalidRequestError(
+                f"`logit_bias` maps token ids >= 0 to values between -100 and 100, got {key}: {value}.",
+                param="logit_bias",
+            )
+        bias[token_id] = float(value)
+    return bias
+
+
+def _response_format_param(request: ChatCompletionRequest, tool_choice: Any) -> Optional[dict[str, Any]]:
+    """The JSON the whole answer must be, or None (`text`, or an answer that can only call
+    tools: OpenAI's `response_format` shapes the message content, which such an answer has not).
+
+    With tools and `tool_choice` "auto" the model may write either; constraining both at once
+    is not supported: refused, naming `response_format`."""
+    rf = request.response_format
+    if rf is None or rf.type == "text":
+        return None
+    if tool_choice not in (None, "none"):
+        if tool_choice == "auto":
+            raise InvalidRequestError(
+                f"`response_format` {rf.type!r} together with tools is supported only when the answer "
+                "cannot call them (`tool_choice` \"none\") or must call them (\"required\" or a named "
+                "function); with \"auto\" this server cannot constrain both the calls and the text.",
+                param="response_format",
+            )
+        return None
+    if rf.type == "json_object":
+        return {"type": "json_object"}
+    schema = rf.json_schema.schema_ if rf.json_schema is not None else None
+    if schema is not None:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise InvalidRequestError(
+                f"`response_format.json_schema.schema` is not a valid JSON Schema: {exc.message}",
+                param="response_format.json_schema.schema",
+            ) from None
+    return {"type": "json_schema", "schema": schema or {"type": "object"}}
