@@ -2,13 +2,15 @@
 
 Bad arguments and unknown categories: one line on stderr, exit code 2. An endpoint that cannot be
 reached before the run starts: one line, exit code 1. A request that fails during the run counts
-as an error for its item; the run goes on.
+as an error for its item; the run goes on. Ctrl-C or SIGTERM: the table and files for the items
+done so far, exit code 130.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import signal
 from typing import TextIO
 
 from .data import CATEGORIES, DataError, parse_categories
@@ -81,7 +83,7 @@ def add_arguments(eval_parser: argparse.ArgumentParser) -> None:
     bfcl.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-async def _evaluate(args: argparse.Namespace, entries: list, stdout: TextIO, stderr: TextIO) -> list:
+async def _evaluate(args: argparse.Namespace, entries: list, finished_items: list, stderr: TextIO) -> list:
     import httpx
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -100,14 +102,14 @@ async def _evaluate(args: argparse.Namespace, entries: list, stdout: TextIO, std
         progress = Progress(TextColumn("bfcl"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TextColumn("{task.fields[status]}"), console=Console(file=stderr),
                             disable=args.no_progress)
+        total = len(entries) * len(endpoints)
         with progress:
-            task = progress.add_task("bfcl", total=len(entries) * len(endpoints), status="")
+            task = progress.add_task("bfcl", total=total, status="")
             done = {"items": 0, "correct": 0, "errors": 0}
-
-            total = len(entries) * len(endpoints)
             plain = not args.no_progress and not progress.console.is_terminal  # a log file: a line per 5 %
 
             def on_item(item) -> None:
+                finished_items.append(item)
                 done["items"] += 1
                 done["correct"] += item.correct
                 done["errors"] += item.error is not None
@@ -137,14 +139,21 @@ def run_bfcl(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if args.max_tokens < 0:
         stderr.write("error: --max-tokens must be 0 (none) or more\n")
         return 2
+    finished: list = []
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` reports what is done, too
     try:
-        items = asyncio.run(_evaluate(args, entries, stdout, stderr))
+        items = asyncio.run(_evaluate(args, entries, finished, stderr))
     except EndpointError as exc:
         stderr.write(f"error: {exc}\n")
         return 1
     except KeyboardInterrupt:
-        stderr.write("error: interrupted\n")
-        return 130
+        interrupted, items = True, finished
+        stderr.write(f"interrupted: reporting the {len(items)} of {len(entries) * len(args.endpoints)} items done\n")
+        if not items:
+            return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     rows = summarize(items)
     from rich.console import Console
 
@@ -154,7 +163,7 @@ def run_bfcl(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if args.markdown_path:
         with open(args.markdown_path, "w", encoding="utf-8") as f:
             f.write(markdown(rows))
-    return 0
+    return 130 if interrupted else 0
 
 
 def main(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:

@@ -223,3 +223,35 @@ def test_multi_turn_runs_bfcls_apis_and_checker(live, tmp_path):
     prompts = [r.prompt for r in right.fake.requests if question in r.prompt]
     assert len(prompts) == 6
     assert [p.count("<|start_header_id|>tool<|end_header_id|>") for p in prompts] == [0, 2, 2, 3, 3, 4]
+
+
+def test_an_interrupted_run_reports_the_items_done(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.integration.conftest import make_settings, start_live
+    from functionary.api import create_app
+
+    fake = FakeBackend(script({0, 1, 2, 3}), delay=0.05)  # slow enough to stop in the middle
+    server = start_live(create_app(make_settings(), lambda: fake), fake)
+    try:
+        out_json = tmp_path / "out.json"
+        process = subprocess.Popen([sys.executable, "-m", "functionary", "eval", "bfcl", "--base-url",
+                                    f"{server.url}/v1", "--categories", "simple_python", "--concurrency", "1",
+                                    "--json", str(out_json), "--no-progress"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(fake.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert process.returncode == 130, stderr
+    assert "interrupted: reporting the" in stderr and "Traceback" not in stderr
+    (row,) = json.loads(out_json.read_text())["results"]
+    assert 2 <= row["total"] < 400 and row["correct"] >= 2
+    assert "simple_python" in stdout
