@@ -48,7 +48,9 @@ def configure_grammar_backend(engine: Any, backend: str) -> None:
             )
         config.backend = XGRAMMAR  # `auto` would also pick it; say so explicitly
         return
-    # Loaded at engine start; it constrains only requests that carry a constraint.
+    # Loaded at engine start; it constrains only requests that carry a constraint. vLLM decides
+    # there which model runner to use (V1, or V2 on GPUs with Triton), whose loaders take
+    # different interfaces: this class path gives each runner the processor of its interface.
     from functionary.grammar import VLLM_LOGITS_PROCESSOR
 
     engine.logits_processors = [*(engine.logits_processors or []), VLLM_LOGITS_PROCESSOR]

@@ -8,8 +8,9 @@ Layers (engine-free except the vLLM adapter):
   tools and tool_choice (`compile_constraint`, cached by the spec's digest), with a cheap `Cursor`;
 * `tokens`: per-tokenizer data (`TokenizerIndex`, built once) and the per-request
   `TokenCursor` (allowed-token masks, advance by token id);
-* `vllm_processor`: the vLLM V1 logits processor (imports vllm; load it by its class path,
-  `VLLM_LOGITS_PROCESSOR`).
+* `vllm_processor`, `vllm_processor_v2`: the vLLM logits processor for vLLM's V1 and V2 model
+  runners (import vllm); load it by its class path, `VLLM_LOGITS_PROCESSOR`, which gives each
+  runner the processor of its interface.
 
 Importing this package is cheap: the spec API needs neither numpy nor lm-format-enforcer;
 the rest is imported on first use.
@@ -21,8 +22,9 @@ from typing import Any
 from .errors import GrammarError, GrammarViolation
 from .spec import CONSTRAINT_KEY, ConstraintSpec, constraint_for_prompt, parse_spec
 
-#: The class path to pass to vLLM (`logits_processors=[...]`, `--logits-processors`).
-VLLM_LOGITS_PROCESSOR = "functionary.grammar.vllm_processor:FunctionaryLogitsProcessor"
+#: The class path to pass to vLLM (`logits_processors=[...]`, `--logits-processors`), on either
+#: model runner (`vllm_processor_v2.FunctionaryLogitsProcessorAnyRunner`).
+VLLM_LOGITS_PROCESSOR = "functionary.grammar.vllm_processor_v2:FunctionaryLogitsProcessorAnyRunner"
 
 _LAZY = {
     "Cursor": "constraint",

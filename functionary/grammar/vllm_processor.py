@@ -2,8 +2,8 @@
 
 Load it at engine start::
 
-    LLM(model, logits_processors=["functionary.grammar.vllm_processor:FunctionaryLogitsProcessor"])
-    # server: --logits-processors functionary.grammar.vllm_processor:FunctionaryLogitsProcessor
+    LLM(model, logits_processors=[functionary.grammar.VLLM_LOGITS_PROCESSOR])
+    # server: --logits-processors functionary.grammar.vllm_processor_v2:FunctionaryLogitsProcessorAnyRunner
 
 and constrain a request by putting the JSON spec into its sampling parameters::
 
@@ -14,6 +14,12 @@ and constrain a request by putting the JSON spec into its sampling parameters::
 Requests without the key are untouched. The processor runs where the model runs (the engine
 core process); only that JSON crosses. It never raises into the engine: a request whose spec
 cannot be compiled, or whose output leaves the grammar, is logged and no longer constrained.
+
+This is the processor of vLLM's V1 model runner. Its V2 model runner (vLLM's default wherever
+Triton is installed, i.e. on GPUs) loads processors of another interface:
+`functionary.grammar.vllm_processor_v2.FunctionaryLogitsProcessorV2`, which shares the grammar
+masks below (`GrammarMasks`). `functionary.grammar.VLLM_LOGITS_PROCESSOR` names a class that
+either runner's loader accepts and that constructs the processor of that runner.
 """
 from __future__ import annotations
 
@@ -88,49 +94,49 @@ class _Request:
         return True
 
 
-class FunctionaryLogitsProcessor(LogitsProcessor):
-    """Masks every token the request's grammar does not allow next (see module docstring)."""
+class GrammarMasks:
+    """What both processors (V1 and V2 model runner) share: the tokenizer's index, compiling a
+    request's constraint into a cursor, and masking a logits row by the cursor."""
 
-    def __init__(self, vllm_config: "VllmConfig", device: torch.device, is_pin_memory: bool) -> None:
-        self._model_config = vllm_config.model_config
-        self._device = torch.device(device)
+    def __init__(self, model_config: Any) -> None:
+        self._model_config = model_config
         self._index: Optional[TokenizerIndex] = None
         self._index_error: Optional[BaseException] = None
-        self._reqs: dict[int, _Request] = {}
         self._masks: "OrderedDict[tuple, tuple[np.ndarray, torch.Tensor]]" = OrderedDict()
 
-    # -- vLLM interface ---------------------------------------------------------------------------
-
-    @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
+    @staticmethod
+    def validate_params(sampling_params: SamplingParams) -> None:
         extra = sampling_params.extra_args
         if extra and extra.get(CONSTRAINT_KEY) is not None:
             parse_spec(extra[CONSTRAINT_KEY])  # GrammarError is a ValueError: HTTP 400
 
-    def is_argmax_invariant(self) -> bool:
-        return False  # it changes greedy picks too
+    def new_request(self, params: SamplingParams, output_ids: list[int]) -> Optional[_Request]:
+        """The request's grammar state, or None when it is not constrained (or cannot be)."""
+        extra = params.extra_args
+        if not extra or extra.get(CONSTRAINT_KEY) is None:
+            return None
+        try:
+            grammar = compile_constraint(extra[CONSTRAINT_KEY])
+            cursor = self._tokenizer_index().cursor(grammar)
+        except Exception:  # noqa: BLE001
+            logger.exception("cannot compile the grammar of a request; it is not constrained")
+            STATS["failed"] += 1
+            return None
+        STATS["requests"] += 1
+        return _Request(cursor, output_ids, grammar.spec.digest)
 
-    def update_state(self, batch_update: Optional[BatchUpdate]) -> None:
-        process_dict_updates(self._reqs, batch_update, self._new_request)
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self._reqs:
-            return logits
-        dropped = []
-        for row, req in self._reqs.items():
-            try:
-                bias = self._bias(req, logits)
-                if bias is not None:
-                    _add(logits[row], bias)
-            except Exception:  # noqa: BLE001 - never take the engine down
-                logger.exception("grammar sampling failed; request no longer constrained")
-                STATS["failed"] += 1
-                dropped.append(row)
-        for row in dropped:
-            self._reqs.pop(row, None)
-        return logits
-
-    # -- internals ------------------------------------------------------------------------------
+    def mask_row(self, row: torch.Tensor, req: _Request) -> bool:
+        """Mask `row` (one request's logits) to what its grammar allows next. False: the request
+        failed (logged) and must no longer be constrained; never raises into the engine."""
+        try:
+            bias = self._bias(req, row)
+            if bias is not None:
+                _add(row, bias)
+            return True
+        except Exception:  # noqa: BLE001 - never take the engine down
+            logger.exception("grammar sampling failed; request no longer constrained")
+            STATS["failed"] += 1
+            return False
 
     def _tokenizer_index(self) -> TokenizerIndex:
         if self._index is None:
@@ -156,21 +162,7 @@ class FunctionaryLogitsProcessor(LogitsProcessor):
                 raise
         return self._index
 
-    def _new_request(self, params: SamplingParams, prompt_ids: Any, output_ids: list[int]) -> Optional[_Request]:
-        extra = params.extra_args
-        if not extra or extra.get(CONSTRAINT_KEY) is None:
-            return None
-        try:
-            grammar = compile_constraint(extra[CONSTRAINT_KEY])
-            cursor = self._tokenizer_index().cursor(grammar)
-        except Exception:  # noqa: BLE001
-            logger.exception("cannot compile the grammar of a request; it is not constrained")
-            STATS["failed"] += 1
-            return None
-        STATS["requests"] += 1
-        return _Request(cursor, output_ids, grammar.spec.digest)
-
-    def _bias(self, req: _Request, logits: torch.Tensor) -> Optional[torch.Tensor]:
+    def _bias(self, req: _Request, row: torch.Tensor) -> Optional[torch.Tensor]:
         """0 where the grammar allows a token, -inf elsewhere (adding it is much cheaper than
         a masked fill); cached for cached masks."""
         if not req.sync() or req.cursor.done:
@@ -178,8 +170,8 @@ class FunctionaryLogitsProcessor(LogitsProcessor):
             # there (stop string / end token), and the parser ignores whatever follows.
             return None
         allowed = req.cursor.mask()
-        width = logits.shape[-1]
-        key = (id(allowed), width, logits.dtype)
+        width = row.shape[-1]
+        key = (id(allowed), width, row.dtype, row.device)
         hit = self._masks.get(key)
         if hit is not None and hit[0] is allowed:
             self._masks.move_to_end(key)
@@ -190,10 +182,56 @@ class FunctionaryLogitsProcessor(LogitsProcessor):
         bias_np = np.full(width, -np.inf, dtype=np.float32)
         bias_np[:n][allowed[:n]] = 0.0
         bias = torch.from_numpy(bias_np)
-        if bias.dtype != logits.dtype or bias.device != logits.device:
-            bias = bias.to(device=logits.device, dtype=logits.dtype)
+        if bias.dtype != row.dtype or bias.device != row.device:
+            bias = bias.to(device=row.device, dtype=row.dtype)
         if req.cursor.index.is_cached(allowed):
             self._masks[key] = (allowed, bias)
             while len(self._masks) > _DEVICE_MASKS:
                 self._masks.popitem(last=False)
         return bias
+
+
+class FunctionaryLogitsProcessor(LogitsProcessor):
+    """Masks every token the request's grammar does not allow next (see module docstring).
+    The V1 model runner's interface: rows are batch positions, vLLM hands over each request's
+    running output ids (a list it appends to)."""
+
+    def __init__(self, vllm_config: "VllmConfig", device: torch.device, is_pin_memory: bool) -> None:
+        self._grammar = GrammarMasks(vllm_config.model_config)
+        self._reqs: dict[int, _Request] = {}
+
+    # -- vLLM interface ---------------------------------------------------------------------------
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        GrammarMasks.validate_params(sampling_params)
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it changes greedy picks too
+
+    def update_state(self, batch_update: Optional[BatchUpdate]) -> None:
+        process_dict_updates(self._reqs, batch_update, self._new_request)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self._reqs:
+            return logits
+        dropped = [row for row, req in self._reqs.items() if not self._grammar.mask_row(logits[row], req)]
+        for row in dropped:
+            self._reqs.pop(row, None)
+        return logits
+
+    def _new_request(self, params: SamplingParams, prompt_ids: Any, output_ids: list[int]) -> Optional[_Request]:
+        return self._grammar.new_request(params, output_ids)
+
+    # The shared state under the names it had before `GrammarMasks` (tests set the index).
+    @property
+    def _index(self) -> Optional[TokenizerIndex]:
+        return self._grammar._index
+
+    @_index.setter
+    def _index(self, index: Optional[TokenizerIndex]) -> None:
+        self._grammar._index = index
+
+    @property
+    def _masks(self) -> "OrderedDict[tuple, tuple[np.ndarray, torch.Tensor]]":
+        return self._grammar._masks
