@@ -100,19 +100,33 @@ def grammar_for(constraint: Optional[dict[str, Any]]) -> GrammarPlan:
     spec = parse_spec(constraint)
     if spec.named:
         schema = dict(spec.parameters(spec.tool_choice) or {"type": "object"})
-        # TGI refuses a JSON grammar without `properties` ("Grammar must have a 'properties'
-        # field"); an empty one means the same to JSON Schema.
-        schema.setdefault("properties", {})
-        # Sent as a JSON string: TGI parses it again, and huggingface_hub drops null values
-        # from dicts it sends (a schema's `"default": null` would otherwise vanish).
         return GrammarPlan(
-            {"type": "json", "value": json.dumps(schema, ensure_ascii=False)},
+            _json_grammar(schema),
             f"named tool_choice {spec.tool_choice!r}: arguments guaranteed by TGI's JSON grammar",
         )
     if spec.tool_choice == "none":
         return GrammarPlan(None, "tool_choice 'none': no tools in the prompt; text not grammar-enforced")
     return GrammarPlan(
         None, f"tool_choice {spec.tool_choice!r}: NOT guaranteed on TGI (names and arguments unconstrained)"
+    )
+
+
+def _json_grammar(schema: dict[str, Any]) -> dict[str, Any]:
+    schema = dict(schema)
+    # TGI refuses a JSON grammar without `properties` ("Grammar must have a 'properties'
+    # field"); an empty one means the same to JSON Schema.
+    schema.setdefault("properties", {})
+    # Sent as a JSON string: TGI parses it again, and huggingface_hub drops null values
+    # from dicts it sends (a schema's `"default": null` would otherwise vanish).
+    return {"type": "json", "value": json.dumps(schema, ensure_ascii=False)}
+
+
+def response_format_grammar(response_format: dict[str, Any]) -> GrammarPlan:
+    """OpenAI's `response_format` (the whole answer is JSON) as TGI's JSON grammar."""
+    schema = response_format.get("schema") if response_format.get("type") == "json_schema" else None
+    return GrammarPlan(
+        _json_grammar(schema or {"type": "object"}),
+        f"response_format {response_format.get('type')!r}: the answer is held to it by TGI's JSON grammar",
     )
 
 
@@ -144,8 +158,10 @@ def sampling_parameters(params: GenerationParams) -> dict[str, Any]:
     if params.extra:
         name = sorted(params.extra)[0]
         raise _refuse(name, "not a TGI parameter")
-    if params.logprobs:
+    if params.logprobs is not None:
         raise _refuse("logprobs", "log probabilities are not returned")
+    if params.logit_bias:
+        raise _refuse("logit_bias", "TGI's generate API has no logit bias")
     out: dict[str, Any] = {}
     if params.temperature < 0:
         raise InvalidRequestError("`temperature` must be at least 0.", param="temperature")
@@ -365,7 +381,10 @@ class TGIBackend:
                 param="messages", code="context_length_exceeded",
             )
         parameters = sampling_parameters(params)
-        plan = grammar_for(params.constraint)
+        if params.response_format is not None:
+            plan = response_format_grammar(params.response_format)
+        else:
+            plan = grammar_for(params.constraint)
         stops = list(params.stop)
         if params.constraint is not None:
             # Under grammar sampling the service leaves the format's stop strings to the

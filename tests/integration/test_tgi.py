@@ -127,6 +127,20 @@ async def test_named_choice_is_held_to_the_schema_by_tgi_grammar(standins, model
         assert params["do_sample"] is False and "temperature" not in params
 
 
+async def test_response_format_is_held_by_tgi_json_grammar(standins, model_folders, caplog):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    standin = standins(default_tokenizer(), lambda body: '{"city": "Paris"}')
+    async with serving(standin, model_folders["default"]) as (_, client):
+        with caplog.at_level("INFO", logger="functionary.backends.tgi"):
+            response = await client.chat.completions.create(
+                messages=USER, model=MODEL, temperature=0,
+                response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+            )
+    assert json.loads(response.choices[0].message.content) == {"city": "Paris"}
+    assert json.loads(parameters_of(standin)["grammar"]["value"]) == schema
+    assert "response_format 'json_schema': the answer is held to it by TGI's JSON grammar" in caplog.text
+
+
 # How each published format's prompt ends for a named choice: the model continues with the
 # arguments only, so TGI's JSON grammar covers exactly them.
 NAMED_PREFIXES = {
@@ -253,6 +267,8 @@ async def test_sampling_parameters_map_onto_tgis(standins, model_folders):
     ({"min_p": 0.1}, "min_p"),
     ({"min_tokens": 3}, "min_tokens"),
     ({"ignore_eos": True}, "ignore_eos"),
+    ({"logprobs": True}, "logprobs"),
+    ({"logit_bias": {"5": 1.0}}, "logit_bias"),
 ])
 async def test_parameters_tgi_cannot_honour_are_a_400_naming_them(standins, model_folders, body, param):
     standin = standins(build_format_tokenizer("v3.llama3"), lambda b: "Hi.<|eot_id|>")
