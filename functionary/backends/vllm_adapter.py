@@ -47,11 +47,12 @@ Structured-output validation (`remember_valid_structural_tags`)
 Replaces `vllm.v1.structured_output.backend_xgrammar.validate_xgrammar_grammar` with a version
 that remembers structural tags which passed (see the function).
 
-Model runner V2 (`uses_v2_model_runner`)
+`--lora-modules` (`lora_modules_action`)
 ----------------------------------------
-vLLM loads custom logits processors through a different interface for its V2 model runner
-(`vllm.v1.worker.gpu.sample.logits_processor`); which runner an engine uses is a property of
-its `VllmConfig`.
+A flag of vLLM's OpenAI front end (not of `AsyncEngineArgs`): its argparse action is reused.
+
+Not here: the logits processors for vLLM's V1 and V2 model runners implement vLLM's published
+processor interfaces (`functionary/grammar/vllm_processor.py`, `vllm_processor_v2.py`).
 """
 from __future__ import annotations
 
@@ -320,16 +321,6 @@ def lora_modules_action() -> Optional[type]:
     return None
 
 
-# --------------------------------------------------------------------------------------
-# Model runner V2
-
-
-def uses_v2_model_runner(vllm_config: Any) -> bool:
-    """Whether an engine with this config runs vLLM's V2 model runner (which loads logits
-    processors of `vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor` only)."""
-    return bool(getattr(vllm_config, "use_v2_model_runner", False))
-
-
 __all__ = [
     "PATCH_ENV",
     "TESTED_VLLM_VERSIONS",
@@ -346,6 +337,5 @@ __all__ = [
     "real_torch_set_num_threads",
     "remember_valid_structural_tags",
     "shutdown_inproc_engine",
-    "uses_v2_model_runner",
     "vllm_plugin",
 ]

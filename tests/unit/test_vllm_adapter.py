@@ -1,0 +1,39 @@
+"""The vLLM internals `functionary.backends.vllm_adapter` relies on are where it expects them in
+the installed vLLM: after an upgrade this file fails first, naming what moved (the e2e tests
+in tests/e2e/test_vllm_backend.py then show whether behaviour held)."""
+from __future__ import annotations
+
+import inspect
+import pytest
+
+pytest.importorskip("vllm")
+
+import vllm  # noqa: E402
+from packaging.specifiers import SpecifierSet  # noqa: E402
+from packaging.version import Version  # noqa: E402
+
+from functionary.backends import vllm_adapter  # noqa: E402
+
+
+def test_the_installed_vllm_is_in_the_tested_range():
+    assert Version(vllm.__version__) in SpecifierSet(vllm_adapter.TESTED_VLLM_VERSIONS)
+
+
+def test_the_in_process_engine_internals_exist():
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.engine.core import EngineCoreProc
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    assert {"multiprocess_mode", "executor_class", "usage_context"} <= set(inspect.signature(LLMEngine).parameters)
+    for name in ("add_request", "abort_request", "step", "has_unfinished_requests", "add_lora", "get_supported_tasks"):
+        assert callable(getattr(LLMEngine, name)), name
+    assert {"supported_tasks", "lora_request"} <= set(inspect.signature(InputProcessor.process_inputs).parameters)
+    assert callable(Scheduler.has_requests)
+    assert callable(EngineCoreProc.has_work)  # what `async_llm_engine_state` asks the core process
+
+
+def test_the_patched_and_reused_functions_exist():
+    assert vllm_adapter.remember_valid_structural_tags() is True
+    action = vllm_adapter.lora_modules_action()
+    assert action is not None and action.__name__ == "LoRAParserAction"
