@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 4096
 DEFAULT_PARALLEL = 8
+PREFIX_BLOCK = 32  # = llama.cpp's n_ubatch here: prompts are computed in blocks of this many rows
 HEALTH_TIMEOUT_S = 30.0
 
 
@@ -167,6 +168,7 @@ class _Engine:
         self.llama = LlamaModelContext(LlamaConfig(
             model_path=model_path, n_ctx=options.n_ctx, n_seq=options.parallel, n_threads=threads,
             n_gpu_layers=options.n_gpu_layers, n_batch=max(options.n_batch, options.parallel),
+            n_ubatch=PREFIX_BLOCK,
         ))
         # No --n-threads: all cores while nobody else needs them, fewer while other processes
         # keep cores busy (ggml's threads meet at a barrier per op: a thread that lost its
@@ -319,8 +321,12 @@ class _Engine:
 
         first = max(free, key=lambda s: (lcp(s.tokens), -len(s.tokens)))
         donor = max(self.slots, key=lambda s: lcp(s.tokens))
-        # At least the last prompt token is decoded again: its logits start the completion.
-        reuse = min(lcp(donor.tokens), len(prompt) - 1)
+        # Whole blocks only, and at least the last prompt token is decoded again (its logits
+        # start the completion). llama.cpp's numbers depend on how rows are grouped: a prompt
+        # is always computed in ubatches that start at multiples of PREFIX_BLOCK, so a reused
+        # block holds exactly what computing the prompt afresh would (temperature 0 gives the
+        # same answer whether the prefix came from the cache or not).
+        reuse = min(lcp(donor.tokens), len(prompt) - 1) // PREFIX_BLOCK * PREFIX_BLOCK
         if lcp(first.tokens) >= reuse:
             self.llama.seq_clear(first.seq, reuse)
         else:
@@ -349,31 +355,55 @@ class _Engine:
 
     # ---- one step: one llama_decode for every running sequence -----------------------------
     def _step(self) -> None:
-        items: list[tuple[int, int, int, bool]] = []  # (token, position, sequence, wants logits)
-        decoding: list[tuple[int, _Request, _Choice]] = []  # (batch row, request, choice)
-        prefilling: list[tuple[_Request, int]] = []  # (request, prompt tokens cached after this step)
+        """One llama_decode with the next token of every running sequence, then the next
+        prompt chunks of requests still reading their prompt (each request's chunk in a call
+        of its own, so that its ubatches start at block boundaries: see `_start`)."""
+        out: dict[str, list[GenerationDelta]] = {}
+        decoding: list[tuple[_Request, _Choice]] = []
         for req in self._running.values():
             if req.prefilled < len(req.prompt):
                 continue
             for choice in req.choices:
                 if choice.finished is None and choice.next_token is not None:
-                    decoding.append((len(items), req, choice))
-                    items.append((choice.next_token, len(choice.slot.tokens), choice.slot.seq, True))
-        budget = self.n_batch - len(items)  # the rest of the batch: prompt chunks (chunked prefill)
-        for req in self._running.values():
+                    decoding.append((req, choice))
+        if decoding:
+            self._decode([(c.next_token, len(c.slot.tokens), c.slot.seq, True) for _, c in decoding])
+            for row, (req, choice) in enumerate(decoding):
+                choice.slot.tokens.append(choice.next_token)  # the cache holds it now
+                choice.next_token = None
+                self._advance(req, choice, self.llama.logits(row), out)
+        budget = self.n_batch
+        for req in list(self._running.values()):
             if budget <= 0:
                 break
             if req.prefilled >= len(req.prompt):
                 continue
-            seq = req.choices[0].slot.seq
+            first = req.choices[0].slot
             chunk = req.prompt[req.prefilled: req.prefilled + budget]
             end = req.prefilled + len(chunk)
-            for k, token in enumerate(chunk):
-                items.append((token, req.prefilled + k, seq, end == len(req.prompt) and k == len(chunk) - 1))
-            prefilling.append((req, end))
+            done = end == len(req.prompt)
+            self._decode([(token, req.prefilled + k, first.seq, done and k == len(chunk) - 1)
+                          for k, token in enumerate(chunk)])
             budget -= len(chunk)
-        if not items:
-            return
+            req.prefilled = end
+            first.tokens = list(req.prompt[:end])
+            if not done:
+                continue
+            logits = self.llama.logits(len(chunk) - 1)
+            for choice in req.choices:
+                if choice.slot is not first:  # share the prompt's cells with the other choices
+                    self.llama.copy_prefix(first.seq, choice.slot.seq, len(req.prompt))
+                    choice.slot.tokens = list(req.prompt)
+                self._advance(req, choice, logits.copy(), out)
+        for request_id, deltas in out.items():
+            req = self._running.get(request_id)
+            if req is None:
+                continue
+            if all(c.finished is not None for c in req.choices):
+                del self._running[request_id]
+            _post(req.sink, _Deltas(deltas))
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
         status = self.llama.decode(items)
         if status == 1:  # no room in the KV cache: drop what idle sequences keep, try once more
             for slot in self.slots:
@@ -390,38 +420,6 @@ class _Engine:
         stats.max_sequences_per_decode = max(stats.max_sequences_per_decode, len(seqs))
         if len(seqs) > 1:
             stats.batched_decode_calls += 1
-
-        out: dict[str, list[GenerationDelta]] = {}
-        for row, req, choice in decoding:
-            choice.slot.tokens.append(choice.next_token)  # the cache holds it now
-            choice.next_token = None
-            self._advance(req, choice, self.llama.logits(row), out)
-        for req, end in prefilling:
-            first = req.choices[0].slot
-            req.prefilled = end
-            first.tokens = list(req.prompt[:end])
-            if end < len(req.prompt):
-                continue
-            logits = self.llama.logits(self._row_of(items, first.seq, end - 1))
-            for choice in req.choices:
-                if choice.slot is not first:  # share the prompt's cells with the other choices
-                    self.llama.copy_prefix(first.seq, choice.slot.seq, len(req.prompt))
-                    choice.slot.tokens = list(req.prompt)
-                self._advance(req, choice, logits.copy(), out)
-        for request_id, deltas in out.items():
-            req = self._running.get(request_id)
-            if req is None:
-                continue
-            if all(c.finished is not None for c in req.choices):
-                del self._running[request_id]
-            _post(req.sink, _Deltas(deltas))
-
-    @staticmethod
-    def _row_of(items: Sequence[tuple[int, int, int, bool]], seq: int, pos: int) -> int:
-        for row in range(len(items) - 1, -1, -1):
-            if items[row][2] == seq and items[row][1] == pos:
-                return row
-        raise RuntimeError(f"no batch row for sequence {seq} position {pos}")
 
     def _advance(self, req: _Request, choice: _Choice, logits: Any, out: dict[str, list[GenerationDelta]]) -> None:
         """Draw one token for `choice`, turn it into text, and decide whether it finished."""

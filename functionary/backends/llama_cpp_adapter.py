@@ -42,6 +42,7 @@ class LlamaConfig:
     n_threads: int
     n_gpu_layers: int = 0
     n_batch: int = 512  # tokens per llama_decode call (prompt chunks + one per running sequence)
+    n_ubatch: int = 32  # rows llama.cpp computes at once (prompts are split at multiples of it)
     weight_repack: bool = False  # llama.cpp's extra buffer types (AMX/CPU weight repacking)
 
 
@@ -77,7 +78,7 @@ class LlamaModelContext:
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = int(config.n_ctx * config.n_seq)
         cparams.n_batch = int(config.n_batch)
-        cparams.n_ubatch = int(config.n_batch)
+        cparams.n_ubatch = int(config.n_ubatch)
         cparams.n_seq_max = int(config.n_seq)
         cparams.n_threads = int(config.n_threads)
         cparams.n_threads_batch = int(config.n_threads)
