@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .detect import detect_version
+from .detect import FUNCTIONARY_VERSIONS, detect_format, detect_version
 from .errors import PromptError
 from .formats import FORMATS
 from .inference import InferencePrompt, build_inference_prompt
@@ -27,12 +27,13 @@ def get_prompt_template_by_version(version: str) -> PromptTemplate:
 
 
 def get_prompt_template_from_tokenizer(tokenizer: Any, version: Optional[str] = None) -> PromptTemplate:
-    """The template for a tokenizer: `version` if given, else detected from the tokenizer.
+    """The template for a tokenizer: `version` if given, else detected from the tokenizer
+    (`detect_format`: a Functionary format, or the tool format the model's own template teaches).
 
-    Raises `PromptError` when the tokenizer belongs to no Functionary format.
+    Raises `PromptError` when the tokenizer names no format.
     """
     if version is None:
-        version = detect_version(tokenizer)
+        version = detect_format(tokenizer)
         if version is None:
             raise PromptError("Cannot detect prompt template based on tokenizer; pass a version explicitly.")
     return get_prompt_template_by_version(version)
@@ -40,5 +41,6 @@ def get_prompt_template_from_tokenizer(tokenizer: Any, version: Optional[str] = 
 
 __all__ = [
     "VERSIONS", "PromptTemplate", "PromptError", "InferencePrompt", "build_inference_prompt",
-    "get_prompt_template_by_version", "get_prompt_template_from_tokenizer", "detect_version",
+    "get_prompt_template_by_version", "get_prompt_template_from_tokenizer", "detect_version", "detect_format",
+    "FUNCTIONARY_VERSIONS",
 ]

@@ -7,8 +7,19 @@ from typing import Any, Optional
 _VERSION_MARKER = re.compile(r"\{# version=(?P<version>.+?) #\}")
 
 
+# Functionary's own formats; the others (hermes, llama3-json) are other model families'.
+FUNCTIONARY_VERSIONS = ("v1", "v2", "v2.llama3", "v3.llama3", "v3-llama3.1")
+
+
 def detect_version(tokenizer: Any) -> Optional[str]:
-    """The format version of `tokenizer`, or None if neither its template nor its vocabulary names one.
+    """The Functionary format of `tokenizer`, or None if it is not a Functionary model's (a model
+    whose template teaches another tool format is not: see `detect_format`)."""
+    version = detect_format(tokenizer)
+    return version if version in FUNCTIONARY_VERSIONS else None
+
+
+def detect_format(tokenizer: Any) -> Optional[str]:
+    """The prompt format of `tokenizer`, or None if neither its template nor its vocabulary names one.
 
     Order: the `{# version=... #}` marker of its chat template, the tool format the template
     teaches (`tool_format_of_template`), then which format's special strings are single tokens

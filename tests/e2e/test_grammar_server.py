@@ -1,5 +1,6 @@
 """Grammar sampling through the real server (`server_vllm.py`, default flags: xgrammar back end,
-default model, prompt template v3.llama3), at scale: hundreds of requests with random JSON
+default model and its default prompt template; then the hermes and llama3-json formats on a
+smaller sweep), at scale: hundreds of requests with random JSON
 Schemas drawn by hypothesis, every tool_choice, parallel calls on and off, temperatures 0 to 1,
 streaming and not, sent concurrently through the official `openai` client.
 
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.slow
 
 BATCHES = 5
 BATCH_SIZE = 48  # requests per batch, sent at once: 240 in all
+# The default format (no flag) at full size, the other families' formats on a smaller sweep.
+SERVERS = [(None, BATCHES), ("hermes", 2), ("llama3-json", 2)]
 CONCURRENCY = 16
 
 KEYS = st.sampled_from(["city", "date", "count", "unit", "query", "people", "tags", "深圳", "note"])
@@ -83,10 +86,13 @@ def requests(draw):
     }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("grammar-server")) as base:
-        yield base
+@pytest.fixture(scope="module", params=SERVERS, ids=[v or "default" for v, _ in SERVERS])
+def server(request, tmp_path_factory):
+    """(base URL, batches) of a server in one prompt format."""
+    version, batches = request.param
+    args = [] if version is None else ["--prompt-template-version", version]
+    with running_server(tmp_path_factory.mktemp("grammar-server"), args) as base:
+        yield base, batches
 
 
 async def complete(client, model, body):
@@ -132,9 +138,10 @@ def check(body, finish, content, calls):
 
 
 def test_hundreds_of_random_requests_give_valid_calls(server):
+    server, batches = server
     totals = {"requests": 0, "valid_calls": 0}
 
-    @settings(max_examples=BATCHES, deadline=None, derandomize=True,
+    @settings(max_examples=batches, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(batch=st.lists(requests(), min_size=BATCH_SIZE, max_size=BATCH_SIZE))
     def sweep(batch):
@@ -156,5 +163,5 @@ def test_hundreds_of_random_requests_give_valid_calls(server):
 
     sweep()
     # Hundreds of requests went through, and many of them made complete valid calls.
-    assert totals["requests"] >= BATCHES * BATCH_SIZE
+    assert totals["requests"] >= batches * BATCH_SIZE
     assert totals["valid_calls"] >= totals["requests"] // 3

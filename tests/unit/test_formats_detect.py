@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from functionary.prompt_template import detect_version, get_prompt_template_by_version
+from functionary.prompt_template import (
+    detect_format, detect_version, get_prompt_template_by_version, get_prompt_template_from_tokenizer,
+)
 from tests.support.tokenizers import build_format_tokenizer
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "chat_templates"
@@ -13,17 +15,20 @@ REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "chat_templates"
 
 def test_a_qwen_style_template_with_tool_call_blocks_is_hermes():
     tok = build_format_tokenizer("hermes", chat_template=(REFERENCE / "qwen2.5-instruct.jinja").read_text())
-    assert detect_version(tok) == "hermes"
+    assert detect_format(tok) == "hermes"
+    assert get_prompt_template_from_tokenizer(tok).version == "hermes"
+    assert detect_version(tok) is None  # not a Functionary model: grammar sampling is on by default
 
 
 def test_metas_llama31_template_is_llama3_json_although_its_vocabulary_is_llama31():
     # The vocabulary alone (<|eom_id|> a single token) says Functionary's v3-llama3.1.
-    assert detect_version(build_format_tokenizer("llama3-json")) == "v3-llama3.1"
+    assert detect_format(build_format_tokenizer("llama3-json")) == "v3-llama3.1"
     tok = build_format_tokenizer("llama3-json", chat_template=(REFERENCE / "llama3.1-instruct.jinja").read_text())
-    assert detect_version(tok) == "llama3-json"
+    assert detect_format(tok) == "llama3-json"
+    assert detect_version(tok) is None
 
 
 @pytest.mark.parametrize("version", ["hermes", "llama3-json"])
 def test_our_own_templates_carry_their_version(version):
     jinja = get_prompt_template_by_version(version).get_chat_template_jinja()
-    assert detect_version(build_format_tokenizer("v3-llama3.1", chat_template=jinja)) == version
+    assert detect_format(build_format_tokenizer("v3-llama3.1", chat_template=jinja)) == version
