@@ -479,7 +479,9 @@ def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
 # LoRA adapters
 
 
-def _lora_requests(engine_args: "AsyncEngineArgs", modules: Sequence[Any]) -> tuple[tuple[LoRAAdapter, ...], dict[str, Any]]:
+def _lora_requests(
+    engine_args: "AsyncEngineArgs", modules: Sequence[Any]
+) -> tuple[tuple[LoRAAdapter, ...], dict[str, Any]]:
     """Our adapters and vLLM's `LoRARequest` per name for `modules` (vLLM's `LoRAModulePath`s,
     `LoRAAdapter`s or dicts with name, path and base_model_name). Ids are 1, 2, ... in the
     order given, as vLLM's server numbers them, so a name keeps its id for the engine's life."""
