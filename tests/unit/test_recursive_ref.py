@@ -137,3 +137,17 @@ def test_xgrammar_takes_a_recursive_schema():
     assert accepts(spec, json.dumps({"root": deep}))
     bad = {"label": "a", "children": [{"label": "b", "children": [{"label": "c", "children": [{"name": "d"}]}]}]}
     assert not accepts(spec, json.dumps({"root": bad}))  # enforced at any depth
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_jinja_templates_render_the_same_or_refuse_clearly(version):
+    from tests.unit.test_jinja_parity import render_jinja
+
+    tools = [plant_tree.to_openai()]
+    messages = [{"role": "user", "content": "Plant one."}]
+    if version == "v3-llama3.1":  # the JSON Schema as it is: nothing to recurse into
+        expected = build_inference_prompt(get_prompt_template_by_version(version), messages, tools=tools).prompt
+        assert render_jinja(version, messages, tools, None) == expected
+    else:
+        with pytest.raises(Exception, match="cannot render recursive types"):
+            render_jinja(version, messages, tools, None)
