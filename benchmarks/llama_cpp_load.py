@@ -34,9 +34,25 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.load import QUESTIONS, pct, stop, tool_set, wait_healthy  # noqa: E402
+from benchmarks.load import QUESTIONS, pct, stop, tool_set  # noqa: E402
 
 STOCK = "llama-cpp-python"
+# llama-cpp-python's server, with llama.cpp's weight repacking off as in our back end (the
+# AMX-repacked weights crash llama_decode on prompts of more than one token on these CPUs;
+# see functionary/backends/llama_cpp_adapter.py). Its flags follow on the command line.
+STOCK_LAUNCHER = """
+import sys
+from llama_cpp import llama_cpp as lib
+default = lib.llama_model_default_params
+def no_repack():
+    params = default()
+    params.use_extra_bufts = False
+    return params
+lib.llama_model_default_params = no_repack
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
 
 
 async def one(client: httpx.AsyncClient, base: str, model: str, i: int, max_tokens: int, extra: dict) -> dict:
@@ -86,6 +102,21 @@ async def load(base: str, concurrency: int, requests: int, max_tokens: int, extr
             "prompt_tokens": sorted({r["prompt_tokens"] for r in ok if r["prompt_tokens"] is not None})}
 
 
+def wait_ready(port: int, process: subprocess.Popen, timeout: float = 600.0) -> None:
+    """Until /v1/models answers (llama-cpp-python's server has no /health)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError("server did not become ready")
+
+
 def serve(name: str, command: list[str], args: argparse.Namespace, extra: dict) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w") as log:
@@ -93,7 +124,7 @@ def serve(name: str, command: list[str], args: argparse.Namespace, extra: dict) 
                                    env={**os.environ, "TMPDIR": tmp}, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
-            wait_healthy(args.port, process)
+            wait_ready(args.port, process)
             for concurrency in args.concurrency:
                 requests = max(args.requests, 2 * concurrency) if concurrency > 1 else args.single_requests
                 row = asyncio.run(load(f"http://127.0.0.1:{args.port}/v1", concurrency, requests,
@@ -121,6 +152,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--single-requests", type=int, default=4, help="requests of the one-stream load")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--stock-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="llama-cpp-python's --n_threads (default: its own default, half the cores)")
     args = parser.parse_args(argv)
 
     from functionary.backends.default_model import DEFAULT_MODEL_NAME, ensure_default_model, find_gguf
@@ -135,8 +168,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     }
     if importlib.util.find_spec("sse_starlette") and importlib.util.find_spec("starlette_context"):
         # EOS ids of SmolLM2's vocabulary (<|endoftext|>, <|im_end|>) pushed away: fixed output length.
-        servers[STOCK] = ([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--n_ctx", n_ctx,
-                           "--model_alias", DEFAULT_MODEL_NAME, "--n_threads", str(os.cpu_count() or 1)],
+        servers[STOCK] = ([sys.executable, "-c", STOCK_LAUNCHER, "--model", gguf, "--n_ctx", n_ctx,
+                           "--model_alias", DEFAULT_MODEL_NAME, "--n_threads", str(args.stock_threads)],
                           {"logit_bias": {"0": -100, "2": -100}})
     else:
         print(f"{STOCK}'s server is not installed (pip install 'llama-cpp-python[server]'): skipped", flush=True)
