@@ -88,8 +88,6 @@ class Grammar:
         return bool(self.call_names) or self.code_via_opener
 
     def may_text(self, called: bool) -> bool:
-        if called and not self.syntax.text_after_calls:
-            return False
         return self.mode in ("auto", "none") if not called else self.mode in ("auto", "required")
 
     def may_end(self, called: bool) -> bool:

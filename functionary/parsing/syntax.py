@@ -42,10 +42,6 @@ class OutputSyntax:
     # JSON Schema (as JSON text) of the code interpreter's arguments where the format calls it
     # like any other function (hermes: `{"code": "..."}`); None: code is a free-text body.
     code_parameters: Optional[str] = None
-    # False: the model's own template has no text after a turn's calls (Qwen2.5 writes text
-    # before its <tool_call> blocks; Llama 3.1's calling turn is only the call), so grammar
-    # sampling allows none there: after a call come more calls or the end.
-    text_after_calls: bool = True
 
     @property
     def name_end_written(self) -> str:
