@@ -297,6 +297,8 @@ class _Engine:
             free = [s for s in self.slots if s.owner is None]
             if len(free) < req.params.n:
                 return  # FIFO: wait for slots to free up
+            if self._prefix_coming(req):
+                return  # a request reading the same prefix will lend it in a step or two
             self._waiting.pop(0)
             try:
                 self._start(req, free)
@@ -304,6 +306,22 @@ class _Engine:
                 for choice in req.choices:
                     self._wipe(choice.slot)
                 _post(req.sink, exc)
+
+    def _prefix_coming(self, req: _Request) -> bool:
+        """Whether a running request still reading its prompt shares more whole blocks with
+        `req` than any cache holds now. Requests that arrive together with the same tools
+        then read the shared system prompt once instead of each on its own."""
+        def blocks(a: Sequence[int], b: Sequence[int]) -> int:
+            n = 0
+            for x, y in zip(a, b):
+                if x != y:
+                    break
+                n += 1
+            return min(n, len(req.prompt) - 1) // PREFIX_BLOCK
+
+        cached = max((blocks(s.tokens, req.prompt) for s in self.slots), default=0)
+        return any(blocks(r.prompt, req.prompt) > cached
+                   for r in self._running.values() if r.prefilled < len(r.prompt))
 
     def _start(self, req: _Request, free: list[_Slot]) -> None:
         from functionary.backends.llama_cpp_grammar import GrammarState
