@@ -132,3 +132,12 @@ def test_an_unknown_model_is_a_404(client):
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-adapter", messages=MESSAGES, max_tokens=4)
     assert info.value.body["code"] == "model_not_found"
+
+
+def test_an_adapter_that_cannot_be_loaded_stops_the_server_at_start(tmp_path):
+    missing = tmp_path / "no-such-adapter"
+    args = ["--engine-in-process", "--enable-lora", "--max-lora-rank", str(RANK), "--lora-modules", f"bad={missing}"]
+    with pytest.raises(RuntimeError, match="server exited") as info:
+        with running_server(tmp_path, args=args, timeout=300):
+            pass
+    assert str(missing) in str(info.value)
