@@ -126,7 +126,7 @@ def serve(name: str, command: list[str], args: argparse.Namespace, extra: dict) 
         try:
             wait_ready(args.port, process)
             for concurrency in args.concurrency:
-                requests = max(args.requests, 2 * concurrency) if concurrency > 1 else args.single_requests
+                requests = args.requests if concurrency > 1 else args.single_requests
                 row = asyncio.run(load(f"http://127.0.0.1:{args.port}/v1", concurrency, requests,
                                        args.max_tokens, extra))
                 row["server"] = name
@@ -152,6 +152,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--single-requests", type=int, default=4, help="requests of the one-stream load")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--only", type=lambda s: s.split(","), default=None,
+                        help="run only the servers whose names start with one of these (comma-separated)")
     parser.add_argument("--stock-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                         help="llama-cpp-python's --n_threads (default: its own default, half the cores)")
     args = parser.parse_args(argv)
@@ -169,7 +171,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if importlib.util.find_spec("sse_starlette") and importlib.util.find_spec("starlette_context"):
         # EOS ids of SmolLM2's vocabulary (<|endoftext|>, <|im_end|>) pushed away: fixed output length.
         servers[STOCK] = ([sys.executable, "-c", STOCK_LAUNCHER, "--model", gguf, "--n_ctx", n_ctx,
-                           "--model_alias", DEFAULT_MODEL_NAME, "--n_threads", str(args.stock_threads)],
+                           "--model_alias", DEFAULT_MODEL_NAME, "--n_threads", str(args.stock_threads),
+                           # by default a new request interrupts the one streaming: queue them instead
+                           "--interrupt_requests", "False"],
                           {"logit_bias": {"0": -100, "2": -100}})
     else:
         print(f"{STOCK}'s server is not installed (pip install 'llama-cpp-python[server]'): skipped", flush=True)
@@ -179,6 +183,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                 DEFAULT_MODEL_NAME, "--max-model-len", n_ctx]
         servers["vLLM (ours) grammar on"] = ([*vllm, "--enable-grammar-sampling"], {"ignore_eos": True})
         servers["vLLM (ours) grammar off"] = ([*vllm, "--no-enable-grammar-sampling"], {"ignore_eos": True})
+    if args.only:
+        servers = {name: spec for name, spec in servers.items() if any(name.startswith(p) for p in args.only)}
     table = {name: serve(name, command, args, extra) for name, (command, extra) in servers.items()}
     if STOCK in table:
         print(f"\nratios against {STOCK} (throughput x, TTFT p50 x):")
