@@ -57,7 +57,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     level = resolve_log_level(args)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
+    from functionary.api.limits import uvicorn_options
+    from functionary.api.serve import serve
 
     from functionary.api import create_app
     from functionary.backends.default_model import DEFAULT_MODEL_NAME
@@ -74,9 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return await LlamaCppBackend.start(options)
 
     app = create_app(settings, backend_factory)
-    logger.info("listening on http://%s:%s", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=level.lower(), timeout_keep_alive=5)
-    return 0
+    return serve(app, args.host, args.port, level, **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

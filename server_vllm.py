@@ -65,6 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from functionary.api import create_app
+    from functionary.api.limits import uvicorn_options
     from functionary.api.serve import serve
     from functionary.backends.engine_args import engine_args_from_cli
     from functionary.backends.vllm_backend import VLLMBackend
@@ -82,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        adaptive_threads=args.adaptive_cpu_threads, lora_modules=lora_modules)
 
     app = create_app(settings, backend_factory)
-    return serve(app, args.host, args.port, log_level)
+    return serve(app, args.host, args.port, log_level, **uvicorn_options(settings))
 
 
 if __name__ == "__main__":  # vLLM spawns worker processes: nothing may run on import

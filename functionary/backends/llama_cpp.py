@@ -600,6 +600,10 @@ class LlamaCppBackend:
             unsupported += sorted(params.extra)
         if params.logprobs is not None:
             unsupported.append("logprobs")
+        if params.logit_bias:
+            unsupported.append("logit_bias")
+        if params.response_format is not None:
+            unsupported.append("response_format")
         if unsupported:
             raise BadRequestError(
                 f"the llama.cpp back end does not support: {', '.join(unsupported)}")

@@ -280,6 +280,9 @@ def error_of(response: httpx.Response) -> dict:
     ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": [WEATHER]}, "tool_choice"),
     ({"messages": "hello"}, "messages"),
     ({"max_tokens": 10**6}, "max_tokens"),
+    ({"logprobs": True}, "logprobs"),
+    ({"logit_bias": {"5": 1}}, "logit_bias"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
 ])
 def test_bad_input_gets_openai_format_400(server, model, patch, param):
     body = {"model": model, "messages": ASK, "max_tokens": 8, **patch}
