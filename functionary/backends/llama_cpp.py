@@ -32,6 +32,7 @@ from typing import Any, AsyncIterator, Callable, Optional, Sequence
 from functionary.backends.base import XGRAMMAR, GenerationDelta, GenerationParams
 from functionary.backends.cpu_threads import ComputeThreads
 from functionary.backends.llama_cpp_sampling import Sampler, SamplerSettings, check_params
+from functionary.backends.loop_bridge import call_in_loop, set_exception_if_pending, set_result_if_pending
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +251,8 @@ class _Engine:
                 if isinstance(cmd, _Add):
                     _post(cmd.sink, EngineDeadError("llama.cpp engine failed"))
                 elif isinstance(cmd, _Call):
-                    _threadsafe(cmd.loop, _set_exception, cmd.future, EngineDeadError("llama.cpp engine failed"))
+                    dead = EngineDeadError("llama.cpp engine failed")
+                    call_in_loop(cmd.loop, set_exception_if_pending, cmd.future, dead)
 
     def _handle(self, cmd: Any) -> None:
         if isinstance(cmd, _Add):
@@ -261,9 +263,9 @@ class _Engine:
             try:
                 result = cmd.fn(self)
             except Exception as exc:  # noqa: BLE001 - handed to the caller
-                _threadsafe(cmd.loop, _set_exception, cmd.future, exc)
+                call_in_loop(cmd.loop, set_exception_if_pending, cmd.future, exc)
             else:
-                _threadsafe(cmd.loop, _set_result, cmd.future, result)
+                call_in_loop(cmd.loop, set_result_if_pending, cmd.future, result)
 
     def _abort(self, request_id: str) -> None:
         for i, req in enumerate(self._waiting):
@@ -489,25 +491,8 @@ class _Engine:
         stats.kv_tokens = {s.seq: self.llama.seq_tokens(s.seq) for s in self.slots}
 
 
-def _threadsafe(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop is closed: nobody is listening any more
-        pass
-
-
 def _post(sink: _Sink, item: Any) -> None:
-    _threadsafe(sink.loop, sink.queue.put_nowait, item)
-
-
-def _set_result(fut: asyncio.Future, value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+    call_in_loop(sink.loop, sink.queue.put_nowait, item)
 
 
 # ---- tokenizers -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from functionary.backends.base import (
     TokenLogprob,
 )
 from functionary.backends.cpu_threads import ComputeThreads
+from functionary.backends.loop_bridge import call_in_loop, set_exception_if_pending, set_result_if_pending
 from functionary.backends.vllm_adapter import (
     async_llm_engine_state,
     await_pending_grammars,
@@ -378,9 +379,9 @@ class _InprocEngine:
             try:
                 result = fn(engine)
             except Exception as exc:  # noqa: BLE001
-                _threadsafe(loop, _set_exception, fut, exc)
+                call_in_loop(loop, set_exception_if_pending, fut, exc)
             else:
-                _threadsafe(loop, _set_result, fut, result)
+                call_in_loop(loop, set_result_if_pending, fut, result)
 
     def process_inputs(self, request_id: str, prompt: Any, sampling_params: Any, lora_request: Any = None) -> Any:
         """vLLM's input processing (validation included) into an `EngineCoreRequest`, on the
@@ -398,7 +399,7 @@ class _InprocEngine:
                 del self._sinks[out.request_id]
             by_loop.setdefault(sink.loop, []).append((sink.queue, out))
         for loop, items in by_loop.items():
-            _threadsafe(loop, _put_many, items)
+            call_in_loop(loop, _put_many, items)
 
     def _abort_all(self) -> None:
         if self._sinks:
@@ -422,11 +423,11 @@ class _InprocEngine:
             if cmd[0] == "add":
                 self._post(cmd[4], error)
             elif cmd[0] == "call":
-                _threadsafe(cmd[2], _set_exception, cmd[3], error)
+                call_in_loop(cmd[2], set_exception_if_pending, cmd[3], error)
 
     @staticmethod
     def _post(sink: _Sink, item: Any) -> None:
-        _threadsafe(sink.loop, sink.queue.put_nowait, item)
+        call_in_loop(sink.loop, sink.queue.put_nowait, item)
 
     # ---- any thread ------------------------------------------------------------------
     def submit(self, cmd: tuple) -> None:
@@ -453,26 +454,9 @@ class _InprocEngine:
         return self._thread.is_alive() and self.dead is None and not self.stopped
 
 
-def _threadsafe(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop is closed: nobody is listening any more
-        pass
-
-
 def _put_many(items: list) -> None:
     for q, out in items:
         q.put_nowait(out)
-
-
-def _set_result(fut: asyncio.Future, value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
 
 
 # --------------------------------------------------------------------------------------
