@@ -64,28 +64,8 @@ CHATML_TOOLS_TEMPLATE = r"""
 """.strip() + "\n"
 
 
-def wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 900.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"server on port {port} did not become healthy:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)  # SIGINT is ignored in a background job (nohup ... &)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root is not on sys.path
+from benchmarks.server_process import stop, wait_healthy  # noqa: E402
 
 
 def main() -> int:

@@ -34,7 +34,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.load import QUESTIONS, pct, stop, tool_set  # noqa: E402
+from benchmarks.load import QUESTIONS, pct, tool_set  # noqa: E402
+from benchmarks.server_process import stop, wait_healthy  # noqa: E402
 
 STOCK = "llama-cpp-python"
 # llama-cpp-python's server, with llama.cpp's weight repacking off as in our back end (the
@@ -102,21 +103,6 @@ async def load(base: str, concurrency: int, requests: int, max_tokens: int, extr
             "prompt_tokens": sorted({r["prompt_tokens"] for r in ok if r["prompt_tokens"] is not None})}
 
 
-def wait_ready(port: int, process: subprocess.Popen, timeout: float = 600.0) -> None:
-    """Until /v1/models answers (llama-cpp-python's server has no /health)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError("server did not become ready")
-
-
 def serve(name: str, command: list[str], args: argparse.Namespace, extra: dict) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w") as log:
@@ -124,7 +110,7 @@ def serve(name: str, command: list[str], args: argparse.Namespace, extra: dict) 
                                    env={**os.environ, "TMPDIR": tmp}, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
-            wait_ready(args.port, process)
+            wait_healthy(args.port, process, path="/v1/models")  # llama-cpp-python's server has no /health
             for concurrency in args.concurrency:
                 requests = args.requests if concurrency > 1 else args.single_requests
                 row = asyncio.run(load(f"http://127.0.0.1:{args.port}/v1", concurrency, requests,

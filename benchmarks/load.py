@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,11 @@ from typing import Optional
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root is not on sys.path
+
+# Re-exported: other benchmarks import them from here.
+from benchmarks.server_process import stop, wait_healthy  # noqa: E402,F401
+
 TOOLS = [{
     "type": "function",
     "function": {
@@ -178,30 +182,6 @@ def print_row(name: str, row: dict) -> None:
           f"ITL p50={row['itl_p50_ms']:6.1f}ms p95={row['itl_p95_ms']:6.1f}ms  tokens/req={row['mean_tokens']:.0f}  "
           f"cold first chunk={row['cold_first_chunk_ms']:.0f}ms"
           + (f"  errors={row['errors']}" if row["errors"] else ""), flush=True)
-
-
-def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 600.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError("server did not become healthy")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def stock_chat_template(directory: str) -> str:
