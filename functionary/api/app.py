@@ -363,7 +363,7 @@ def create_app(
             "serving %s (prompt template %s, grammar sampling %s) as %s",
             getattr(backend, "model_name", "?"),
             getattr(chosen, "version", "?"),
-            f"on, {settings.grammar_backend}" if grammar else "off",
+            f"on, {getattr(backend, 'grammar_enforcer', None) or settings.grammar_backend}" if grammar else "off",
             ", ".join(settings.served_model_names),
         )
         watchdog = asyncio.create_task(watch_engine(app, backend), name="functionary-engine-watch")

@@ -72,7 +72,10 @@ class GenerationDelta:
 
 @runtime_checkable
 class Backend(Protocol):
-    """An engine that turns prompt token ids into streamed text."""
+    """An engine that turns prompt token ids into streamed text.
+
+    A back end that enforces grammars its own way rather than through `--grammar-backend` says
+    how in a `grammar_enforcer` string attribute (the start-up log line shows it)."""
 
     model_name: str
     max_model_len: int

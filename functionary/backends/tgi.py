@@ -281,6 +281,10 @@ class _Request:
 class TGIBackend:
     """Implements `functionary.backends.base.Backend` on a TGI endpoint."""
 
+    # Not the service's grammar back end (server_tgi.py hands the spec over as it is): TGI's own
+    # `grammar` parameter, which can hold a named tool_choice only (`grammar_plan`).
+    grammar_enforcer = "TGI's JSON grammar (named tool_choice and response_format only)"
+
     def __init__(
         self,
         endpoint: str,

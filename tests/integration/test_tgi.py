@@ -433,3 +433,15 @@ def test_the_standin_holds_requests_to_tgis_contract():
     assert contract_errors("GenerateRequest", {"parameters": {}})
     assert contract_errors("GenerateRequest", {"inputs": "x", "parameters": {"grammar": {"type": "xml", "value": ""}}})
     assert contract_errors("GenerateRequest", {"inputs": "x", "parameters": {"temperature": None, "seed": 3}}) == []
+
+
+async def test_start_up_log_names_tgis_grammar_not_lm_format_enforcer(standins, model_folders, caplog):
+    # The default model is not a Functionary model: grammar sampling is on, and on TGI it is TGI's
+    # own `grammar` parameter that enforces it (the README's TGI section), not a vLLM back end.
+    standin = standins(default_tokenizer())
+    with caplog.at_level("INFO", logger="functionary.api.app"):
+        async with serving(standin, model_folders["default"]):
+            pass
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving ")]
+    assert "grammar sampling on, TGI's JSON grammar (named tool_choice and response_format only)" in line
+    assert "lm-format-enforcer" not in line and "xgrammar" not in line

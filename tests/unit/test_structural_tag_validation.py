@@ -13,7 +13,7 @@ from vllm.exceptions import VLLMValidationError  # noqa: E402
 from vllm.sampling_params import SamplingParams, StructuredOutputsParams  # noqa: E402
 from vllm.v1.structured_output import backend_xgrammar  # noqa: E402
 
-from functionary.backends.vllm_backend import remember_valid_structural_tags  # noqa: E402
+from functionary.backends.vllm_adapter import remember_valid_structural_tags  # noqa: E402
 
 
 def _tag(name: str) -> str:
