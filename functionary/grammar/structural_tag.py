@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from collections import OrderedDict
 from typing import Any, Mapping, Optional, Union
 
@@ -171,9 +172,56 @@ def _edges(grammar: Grammar, state: Any) -> list[tuple[Expr, Any]]:
         # and compiling it costs ~0.1 s per tool. Markers in string values are harmless: under
         # grammar sampling the parser reads the arguments as one JSON object
         # (`StreamParser(json_arguments=True)`), and the server sends no textual stop strings.
-        schema = _schema(grammar.functions.get(ctx.name))
-        return [(("json", json.dumps(schema, ensure_ascii=False)), ctx.after(False))]
+        return [(_arguments(grammar.functions.get(ctx.name), grammar.syntax.json_separators), ctx.after(False))]
     return []
+
+
+# A number's digit runs: an int64 has 19 digits, a float64 17 significant ones; small models
+# otherwise write digits until max_tokens. Only xgrammar's number rules are cut: a string's
+# `pattern` keeps what it says.
+MAX_DIGITS = 19
+_UNBOUNDED_DIGITS = re.compile(r"^((?:basic_integer|basic_number_2) ::= .*)\[0-9\]\*", re.M)
+_FRACTION_DIGITS = re.compile(r"\bbasic_number_digits\{1, -1\}")
+_RANGED_DIGITS = re.compile(r"^(\w+ ::= \(\(\[1-9\]\) \| \(\[1-9\] \w+)\{1, -1\}\)\)$", re.M)
+# xgrammar 0.2.8 writes a string with a length bound as `[^"\\\r\n]`, which admits raw control
+# characters (a tab), invalid in JSON; its other strings exclude them.
+_LOOSE_STRING_CHAR = '[^\\"\\\\\\r\\n]'
+_STRING_CHAR = '[^\\"\\\\\\0-\\x1f]'
+
+
+def json_grammar(schema: Mapping[str, Any], separators: Optional[tuple[str, str]] = None) -> str:
+    """xgrammar EBNF for one function's arguments: `schema` written with `separators` and no
+    other whitespace (as `json.dumps(..., separators=separators)` writes it), or with any
+    whitespace (runs of at most `MAX_CONSECUTIVE_WHITESPACE`) where `separators` is None; every
+    unbounded run of a number's digits cut at `MAX_DIGITS`."""
+    import xgrammar
+
+    text = json.dumps(schema, ensure_ascii=False)
+    if separators is None:
+        ebnf = str(xgrammar.Grammar.from_json_schema(text, max_whitespace_cnt=MAX_CONSECUTIVE_WHITESPACE))
+    else:
+        ebnf = str(xgrammar.Grammar.from_json_schema(text, any_whitespace=False, separators=tuple(separators)))
+    ebnf = _UNBOUNDED_DIGITS.sub(rf"\1[0-9]{{0,{MAX_DIGITS - 1}}}", ebnf)
+    ebnf = _FRACTION_DIGITS.sub(f"basic_number_digits{{1, {MAX_DIGITS}}}", ebnf)
+    ebnf = _RANGED_DIGITS.sub(rf"\1{{1, {MAX_DIGITS - 1}}}))", ebnf)
+    return ebnf.replace(_LOOSE_STRING_CHAR, _STRING_CHAR)
+
+
+def _arguments(parameters: Optional[Mapping[str, Any]], separators: Optional[tuple[str, str]]) -> Expr:
+    """The arguments' expression: xgrammar's own grammar for the schema, or, without xgrammar
+    (building a tag needs none; vLLM has it), the schema itself with bounded whitespace. A
+    schema xgrammar cannot compile becomes "any JSON object", with a warning, as the
+    lm-format-enforcer back end does."""
+    schema = _schema(parameters)
+    try:
+        import xgrammar  # noqa: F401
+    except ImportError:
+        return ("json", json.dumps(schema, ensure_ascii=False))
+    try:
+        return ("grammar", json_grammar(schema, separators))
+    except Exception as exc:  # noqa: BLE001 - xgrammar raises several kinds
+        logger.warning("xgrammar cannot compile a tool schema (%s); any JSON object allowed", exc)
+        return ("grammar", json_grammar(ANY_OBJECT, separators))
 
 
 def _whitespace(limit: int) -> Expr:
@@ -183,25 +231,42 @@ def _whitespace(limit: int) -> Expr:
 def _schema(parameters: Optional[Mapping[str, Any]]) -> dict:
     if parameters is None:
         return dict(NO_PARAMETERS)
-    schema = dict(parameters)
+    schema = _declare_required(parameters)
     if not any(k in schema for k in _SCHEMA_KEYS):
         schema["type"] = "object"
-    if not _xgrammar_accepts(schema):
-        return dict(ANY_OBJECT)
     return schema
 
 
-def _xgrammar_accepts(schema: dict) -> bool:
-    try:
-        import xgrammar
-    except ImportError:  # building the tag needs no xgrammar; vLLM checks it again anyway
-        return True
-    try:
-        xgrammar.Grammar.from_json_schema(json.dumps(schema))
-    except Exception as exc:  # noqa: BLE001 - xgrammar raises several kinds
-        logger.warning("xgrammar cannot compile a tool schema (%s); any JSON object allowed", exc)
-        return False
-    return True
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+
+
+def _declare_required(schema: Any) -> Any:
+    """`schema` with each `required` key that only `additionalProperties` allows declared as a
+    property: xgrammar writes declared keys only and would drop that requirement (the
+    lm-format-enforcer back end does the same, `json_args._normalize`)."""
+    if not isinstance(schema, Mapping):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_declare_required(s) for s in out[key]]
+    for key in _SUBSCHEMA:
+        if key in out:
+            out[key] = _declare_required(out[key])
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), Mapping):
+            out[key] = {k: _declare_required(v) for k, v in out[key].items()}
+    required, extra = out.get("required"), out.get("additionalProperties", True)
+    if isinstance(required, list) and extra is not False and isinstance(out.get("properties", {}), Mapping):
+        props = dict(out.get("properties", {}))
+        for k in required:
+            if isinstance(k, str) and k not in props:
+                props[k] = extra if isinstance(extra, Mapping) else {}
+        if props:
+            out["properties"] = props
+    return out
 
 
 def _expression(grammar: Grammar) -> Expr:
@@ -259,6 +324,8 @@ def _emit(e: Expr) -> dict:
         return {"type": "any_text", "excludes": list(e[1])}
     if kind == "ws":
         return {"type": "regex", "pattern": f"[ \\t\\n\\r]{{0,{e[1]}}}"}
+    if kind == "grammar":
+        return {"type": "grammar", "grammar": e[1]}
     if kind == "json":
         return {"type": "json_schema", "json_schema": json.loads(e[1]), "max_whitespace_cnt": MAX_CONSECUTIVE_WHITESPACE}
     if kind == "seq":

@@ -42,6 +42,10 @@ class OutputSyntax:
     # JSON Schema (as JSON text) of the code interpreter's arguments where the format calls it
     # like any other function (hermes: `{"code": "..."}`); None: code is a free-text body.
     code_parameters: Optional[str] = None
+    # Arguments in the compact JSON the format's own prompts and training data show
+    # (`json.dumps`: ", " and ": ", no other whitespace) under grammar sampling; None: any
+    # whitespace between tokens, at most a bounded run.
+    json_separators: Optional[tuple[str, str]] = None
 
     @property
     def name_end_written(self) -> str:

@@ -451,7 +451,7 @@ FORMATS: dict[str, Format] = {
             syntax=OutputSyntax(
                 call_open='<tool_call>\n{"name": "', name_end='", "arguments": ', call_close="}\n</tool_call>",
                 stop_tokens=("<|im_end|>", "<|endoftext|>"), strip_text_segments=False, text_joiner="",
-                json_arguments=True, code_parameters=json.dumps(CODE_PARAMETERS),
+                json_arguments=True, code_parameters=json.dumps(CODE_PARAMETERS), json_separators=(", ", ": "),
             ),
             generation_prompt="<|im_start|>assistant\n",
             render_message=lambda m: "",
@@ -463,7 +463,7 @@ FORMATS: dict[str, Format] = {
             syntax=OutputSyntax(
                 call_open='{"name": "', name_end='", "parameters": ', call_close="}",
                 code_open="<|python_tag|>", stop_tokens=LLAMA3_STOPS + ("<|eom_id|>",),
-                strip_text_segments=False, text_joiner="", json_arguments=True,
+                strip_text_segments=False, text_joiner="", json_arguments=True, json_separators=(", ", ": "),
             ),
             generation_prompt=_header("assistant"),
             render_message=lambda m: "",
