@@ -445,3 +445,20 @@ async def test_start_up_log_names_tgis_grammar_not_lm_format_enforcer(standins, 
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving ")]
     assert "grammar sampling on, TGI's JSON grammar (named tool_choice and response_format only)" in line
     assert "lm-format-enforcer" not in line and "xgrammar" not in line
+
+
+async def test_max_total_tokens_lowers_the_endpoints_context(standins, model_folders):
+    # README: --max_total_tokens is "a lower limit than the endpoint's own" (2048 on the stand-in):
+    # a request that fits TGI's limit but not ours is refused here, before TGI sees it.
+    standin = standins(default_tokenizer())
+    async with serving(standin, model_folders["default"], "--max_total_tokens", "200") as (http, client):
+        models = await client.models.list()
+        assert models.data[0].id == MODEL
+        response = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 500})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("max_tokens", "context_length_exceeded")
+        assert "maximum context length is 200 tokens" in error["message"]
+        fits = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 20})
+        assert fits.status_code == 200
+    assert len(standin.requests) == 1  # only the request that fits reached TGI
