@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -79,6 +80,11 @@ def main() -> int:
     parser.add_argument("--ours-port", type=int, default=8011)
     parser.add_argument("--stock-port", type=int, default=8012)
     parser.add_argument("--model", default=None, help="model folder (default: the converted default model)")
+    parser.add_argument("--ours", action="append", metavar="LABEL=FLAGS",
+                        help="one of our servers, with extra server_vllm.py flags, e.g. "
+                             "'hermes=--prompt-template-version hermes'; repeatable (default: 'ours=', as it ships)")
+    parser.add_argument("--ours-tree", action="append", default=[], metavar="LABEL=DIR",
+                        help="run that --ours server from another checkout (e.g. a `git archive` of another commit)")
     parser.add_argument("--out-dir", default="eval-results")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on `kill` too (finally below)
@@ -90,27 +96,33 @@ def main() -> int:
     # Our server's CPU defaults for the default model, given to the stock server explicitly.
     engine = ["--model", model_dir, "--served-model-name", DEFAULT_MODEL_NAME, "--dtype", "bfloat16",
               "--enforce-eager", "--max-model-len", "8192", "--block-size", "32"]
-    ours = [sys.executable, str(ROOT / "server_vllm.py")] + (["--model", args.model] if args.model else [])
+    trees = dict(item.split("=", 1) for item in args.ours_tree)
+    ours: dict[str, tuple[list[str], Path]] = {}
+    for item in args.ours or ["ours="]:
+        label, _, flags = item.partition("=")
+        tree = Path(trees.get(label, ROOT)).resolve()
+        ours[label] = ([sys.executable, str(tree / "server_vllm.py"), *(["--model", args.model] if args.model else []),
+                        *shlex.split(flags)], tree)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp) / "chatml_tools.jinja"
         template.write_text(CHATML_TOOLS_TEMPLATE)
-        servers = {
-            "ours": (ours, args.ours_port),  # as it ships: its defaults, its own template choice
-            "vllm-stock": ([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
-                            "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-                            "--chat-template", str(template), "--tool-strict-level", "parameter"], args.stock_port),
-        }
+        # label -> (command, port, working directory); ours as given (by default as it ships).
+        servers = {label: (command, args.ours_port + i, tree) for i, (label, (command, tree)) in enumerate(ours.items())}
+        servers["vllm-stock"] = ([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
+                                  "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                                  "--chat-template", str(template), "--tool-strict-level", "parameter"],
+                                 args.stock_port, ROOT)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                "TMPDIR": tmp, "VLLM_RPC_BASE_PATH": tmp}
         processes: list[subprocess.Popen] = []
         runs: dict = {}
         try:
-            for name, (command, port) in servers.items():
+            for name, (command, port, cwd) in servers.items():
                 log = Path(tmp) / f"{name}.log"
-                process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
                                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
                 processes.append(process)
                 wait_healthy(port, process, log)
@@ -120,8 +132,7 @@ def main() -> int:
             started = time.perf_counter()
             for choice in args.tool_choice or ["auto", "required"]:
                 command = [sys.executable, "-m", "functionary", "eval", "bfcl",
-                           "--base-url", f"http://127.0.0.1:{args.ours_port}/v1",
-                           "--base-url", f"http://127.0.0.1:{args.stock_port}/v1",
+                           *[arg for _, port, _ in servers.values() for arg in ("--base-url", f"http://127.0.0.1:{port}/v1")],
                            "--categories", args.categories, "--tool-choice", choice, "--temperature", "0",
                            "--max-tokens", str(args.max_tokens), "--concurrency", str(args.concurrency),
                            "--json", str(out_dir / f"eval_{choice}.json"), "--markdown", str(out_dir / f"eval_{choice}.md")]
@@ -135,6 +146,8 @@ def main() -> int:
                 failed |= process.wait()
                 output.close()
                 print(f"\n=== tool_choice {choice} (commit {commit}; {time.perf_counter() - started:.0f} s) ===", flush=True)
+                print("; ".join(f"{name} = port {port} ({' '.join(command[2:]) or 'as it ships'}, {cwd})"
+                                for name, (command, port, cwd) in servers.items()), flush=True)
                 print((out_dir / f"eval_{choice}.log").read_text(), flush=True)
             if failed:
                 return 1
