@@ -21,7 +21,23 @@ def build_parser() -> argparse.ArgumentParser:
     from functionary.backends.engine_args import make_arg_parser
 
     parser = make_arg_parser(description="Functionary OpenAI-compatible server on vLLM.")
-    return add_server_args(parser)
+    add_server_args(parser)
+    parser.add_argument(
+        "--speculate-tool-calls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="speculative decoding of tool calls: draft the tokens the grammar forces and the ones the prompt "
+        "holds, verified by the model in one step (same outputs; requests with min_p or logit_bias are then "
+        "refused, as vLLM does under speculation; default: off; not with --speculative-config or "
+        "--grammar-backend lm-format-enforcer)",
+    )
+    return parser
+
+
+def speculation_default_on() -> bool:
+    """Off: it is faster on CPU (BENCHMARKS.md, "Speculating tool calls"), but vLLM refuses min_p
+    and logit_bias under any speculation, and those are fields the server accepts today."""
+    return False
 
 
 def served_names(args: argparse.Namespace, engine: Any) -> list[str]:
@@ -76,6 +92,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--lora-modules needs --enable-lora (and --max-lora-rank at least the adapters' rank)")
     if args.enable_grammar_sampling is not False:
         configure_grammar_backend(engine, args.grammar_backend)
+    from functionary.backends.vllm_speculation import configure_speculation
+
+    try:
+        configure_speculation(engine, args.speculate_tool_calls, grammar_backend=args.grammar_backend,
+                              grammar_sampling=args.enable_grammar_sampling, default_on=speculation_default_on())
+    except ValueError as exc:
+        parser.error(str(exc))
     settings = server_settings(args, served_names(args, engine))
 
     async def backend_factory() -> VLLMBackend:

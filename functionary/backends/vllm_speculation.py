@@ -204,7 +204,6 @@ class ToolCallProposer:
             return  # compiling: prompt lookup until it is ready
         matcher = self._xgr.GrammarMatcher(
             compiled, override_stop_tokens=list(state.stop_token_ids) or None,
-            max_rollback_tokens=self.k + 8,
         )
         state.drafter.attach(matcher, output)
 
@@ -235,3 +234,42 @@ __all__ = [
     "speculative_config",
     "stats_snapshot",
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Server configuration
+
+
+def configure_speculation(
+    engine_args: Any,
+    requested: Optional[bool],
+    *,
+    grammar_backend: str,
+    grammar_sampling: Optional[bool],
+    default_on: bool,
+    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS,
+) -> bool:
+    """Set ``engine_args.speculative_config`` for ``--speculate-tool-calls`` (True/False/None: default).
+
+    A user's own ``--speculative-config`` wins when the flag is left at its default; asking for
+    both is refused (vLLM runs one proposer). So is asking for it with the lm-format-enforcer
+    grammar back end: vLLM checks drafts against its own structured outputs, not against a
+    logits processor. Returns whether our proposer is configured. Raises ValueError."""
+    from functionary.backends.base import LM_FORMAT_ENFORCER
+
+    theirs = getattr(engine_args, "speculative_config", None)
+    if theirs and not is_ours(theirs):
+        if requested:
+            raise ValueError("--speculate-tool-calls cannot be combined with --speculative-config "
+                             "(vLLM runs one proposer): drop one of them")
+        return False
+    enforcer = grammar_backend == LM_FORMAT_ENFORCER and grammar_sampling is not False
+    if requested and enforcer:
+        raise ValueError("--speculate-tool-calls needs --grammar-backend xgrammar (vLLM checks drafts against "
+                         "its structured outputs, not against lm-format-enforcer's logits processor)")
+    on = default_on and not enforcer if requested is None else bool(requested)
+    engine_args.speculative_config = speculative_config(num_speculative_tokens) if on else None
+    return on
+
+
+__all__ += ["configure_speculation"]

@@ -218,7 +218,10 @@ class RequestDrafter:
         the prompts' examples). Guessing the separator lets the draft run on into the next
         forced key. Only in JSON's structure, never inside a string or free text, where any
         character may come next (`_ANY_CHAR` tells them apart)."""
-        jump = m.find_jump_forward_string()
+        try:
+            jump = m.find_jump_forward_string()
+        except UnicodeDecodeError:  # the forced bytes end inside a character: draft nothing forced
+            jump = ""
         if self.probes and not _accepts_string(m, jump + _ANY_CHAR):
             for probe in self.probes:
                 if _accepts_string(m, jump + probe):
