@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--ours-port", type=int, default=8011)
-    parser.add_argument("--stock-port", type=int, default=8012)
+    parser.add_argument("--stock-port", type=int, default=8010)
     parser.add_argument("--model", default=None, help="model folder (default: the converted default model)")
     parser.add_argument("--ours", action="append", metavar="LABEL=FLAGS",
                         help="one of our servers, with extra server_vllm.py flags, e.g. "
@@ -111,6 +111,8 @@ def main() -> int:
         template.write_text(CHATML_TOOLS_TEMPLATE)
         # label -> (command, port, working directory); ours as given (by default as it ships).
         servers = {label: (command, args.ours_port + i, tree) for i, (label, (command, tree)) in enumerate(ours.items())}
+        if args.stock_port in [port for _, port, _ in servers.values()]:
+            parser.error(f"--stock-port {args.stock_port} is taken by one of ours (ports from --ours-port {args.ours_port})")
         servers["vllm-stock"] = ([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
                                   "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
                                   "--chat-template", str(template), "--tool-strict-level", "parameter"],
