@@ -89,3 +89,24 @@ def test_n_choices_share_one_prompt_and_a_closed_stream_leaves_nothing(backends)
     counts, state = asyncio.run(run())
     assert counts == {0: 12, 1: 12, 2: 12}
     assert state["running_sequences"] == 0 and state["waiting"] == 0
+
+
+def test_n_ctx_and_parallel_bound_what_a_request_may_ask(backends):
+    # `--n-ctx 2048 --parallel 4` (not the defaults, 4096 and 8): a prompt of 2048 tokens does not
+    # fit one sequence's context, and n above the sequences decoded together is refused.
+    from functionary.backends.llama_cpp import BadRequestError
+
+    _, backend = backends
+    assert backend.max_model_len == 2048
+    prompt = backend.tokenize(rendered_prompts()[0])
+    long_prompt = (prompt * (2048 // len(prompt) + 1))[:2048]
+
+    async def first(token_ids, params):
+        async for delta in backend.generate("flags", token_ids, params):
+            return delta
+
+    with pytest.raises(BadRequestError, match=r"does not fit the context \(2048\)"):
+        asyncio.run(first(long_prompt, GenerationParams(max_tokens=1)))
+    with pytest.raises(BadRequestError, match="n must be at most 4"):
+        asyncio.run(first(prompt, GenerationParams(max_tokens=1, n=5)))
+    assert asyncio.run(first(long_prompt[:2000], GenerationParams(max_tokens=1))) is not None
