@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -55,6 +56,8 @@ GRAMMAR_WAIT_S = 0.0
 # Totals of every proposer in this process (tests, benchmark, /metrics). Guarded by _STATS_LOCK.
 STATS = DraftStats()
 _STATS_LOCK = threading.Lock()
+# Every proposer built in this process (tests: what a cancelled request left behind).
+_PROPOSERS: "weakref.WeakSet[ToolCallProposer]" = weakref.WeakSet()
 
 
 def speculative_config(num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS) -> dict[str, Any]:
@@ -73,10 +76,38 @@ def stats_snapshot() -> dict[str, float]:
         return STATS.as_dict()
 
 
+def live_request_ids() -> set[str]:
+    """Requests whose drafting state the proposers of this process still hold."""
+    return {req_id for p in list(_PROPOSERS) for req_id in list(p._requests)}
+
+
 def reset_stats() -> None:
     with _STATS_LOCK:
         for name in DraftStats.__dataclass_fields__:
             setattr(STATS, name, 0)
+
+
+_COUNTER: Any = None
+
+
+def _export(step: DraftStats) -> None:
+    """Add a step's figures to `functionary_speculation_tokens_total{kind}` in the process-wide
+    Prometheus registry (the server's /metrics shows it when the worker runs in its process)."""
+    global _COUNTER
+    if _COUNTER is None:
+        try:
+            from prometheus_client import Counter
+        except ImportError:  # pragma: no cover - prometheus_client is a dependency of the server
+            _COUNTER = False
+            return
+        _COUNTER = Counter("functionary_speculation_tokens", "Tool-call speculation: drafted, drafted_forced, "
+                           "accepted, accepted_forced and output tokens.", ["kind"])
+    if _COUNTER is False:
+        return
+    for kind in ("drafted", "drafted_forced", "accepted", "accepted_forced", "output_tokens"):
+        value = getattr(step, kind)
+        if value:
+            _COUNTER.labels(kind).inc(value)
 
 
 def _find_model_runner() -> Any:
@@ -125,6 +156,7 @@ class ToolCallProposer:
         encode = getattr(tokenizer, "encode")
         self._encode = lambda text: encode(text, add_special_tokens=False)
         self._requests: dict[str, _Request] = {}
+        _PROPOSERS.add(self)
         logger.info("tool-call speculation: %d draft tokens per step (forced by the grammar, then prompt lookup)",
                     self.k)
 
@@ -179,6 +211,7 @@ class ToolCallProposer:
         with _STATS_LOCK:
             for name in DraftStats.__dataclass_fields__:
                 setattr(STATS, name, getattr(STATS, name) + getattr(step, name))
+        _export(step)
         return drafts
 
     # ---- per request ----------------------------------------------------------------------
@@ -230,6 +263,7 @@ __all__ = [
     "TESTED_VLLM_VERSIONS",
     "ToolCallProposer",
     "is_ours",
+    "live_request_ids",
     "reset_stats",
     "speculative_config",
     "stats_snapshot",
