@@ -46,6 +46,8 @@ from functionary.backends.base import (
 from functionary.backends.cpu_threads import ComputeThreads
 from functionary.backends.loop_bridge import call_in_loop, set_exception_if_pending, set_result_if_pending
 from functionary.backends.vllm_adapter import (
+    abort_async_llm_requests,
+    abort_inproc_requests,
     async_llm_engine_state,
     await_pending_grammars,
     build_inproc_engine,
@@ -372,7 +374,7 @@ class _InprocEngine:
             request_id = cmd[1]
             sink = self._sinks.pop(request_id, None)
             if sink is not None:
-                engine.abort_request([request_id], internal=False)
+                abort_inproc_requests(engine, [request_id])
                 self._post(sink, _ABORTED)
         elif kind == "call":
             _, fn, loop, fut = cmd
@@ -403,7 +405,7 @@ class _InprocEngine:
 
     def _abort_all(self) -> None:
         if self._sinks:
-            self.engine.abort_request(list(self._sinks), internal=False)
+            abort_inproc_requests(self.engine, list(self._sinks))
             for sink in self._sinks.values():
                 self._post(sink, _ABORTED)
             self._sinks.clear()
@@ -702,7 +704,7 @@ class VLLMBackend:
             # generator aborts on close; the explicit abort covers a generator never started.
             await stream.aclose()
             if not finished:
-                await engine.abort(request_id)
+                await abort_async_llm_requests(engine, [request_id])
 
     async def _generate_inproc(
         self, request_id: str, prompt_token_ids: list[int], sampling_params: "SamplingParams",
@@ -751,7 +753,7 @@ class VLLMBackend:
                 with contextlib.suppress(EngineDeadError):
                     self._inproc.submit(("abort", request_id))
         elif self._async_llm is not None and not self._closed:
-            await self._async_llm.abort(request_id)
+            await abort_async_llm_requests(self._async_llm, [request_id])
 
     async def check_health(self) -> None:
         """Raise EngineDeadError unless the engine answers a round trip within 30 s."""
@@ -783,7 +785,7 @@ class VLLMBackend:
         elif self._async_llm is not None:
             engine = self._async_llm
             if self._active:  # end running streams with finish_reason "abort" first
-                await engine.abort(list(self._active))
+                await abort_async_llm_requests(engine, list(self._active))
             await asyncio.to_thread(engine.shutdown)
             # Let the socket closing / task cancelling it scheduled on this loop run.
             await asyncio.sleep(0.05)

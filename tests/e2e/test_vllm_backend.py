@@ -28,6 +28,8 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 KV_CACHE_BYTES = 256 * 2**20
 PROMPT_MESSAGES = [{"role": "user", "content": "Write a short poem about the sea."}]
+# The engine holds nothing: no unfinished request, no n > 1 parent, nothing in the scheduler.
+IDLE = {"frontend_unfinished": 0, "frontend_parents": 0, "core_has_work": False}
 
 
 class LoopThread:
@@ -93,7 +95,7 @@ class Engine:
         deadline = time.monotonic() + timeout
         while True:
             state = await self.backend.engine_state()
-            if state == {"frontend_unfinished": 0, "core_has_work": False}:
+            if state == IDLE:
                 return state
             if time.monotonic() > deadline:
                 return state
@@ -252,7 +254,7 @@ def test_abort_ends_stream_and_frees_engine(engine: Engine) -> None:
     deltas = engine.run(scenario())
     assert deltas[-1].finish_reason == "abort"
     assert sum(len(d.token_ids) for d in deltas) < 200
-    assert engine.run(engine.wait_idle()) == {"frontend_unfinished": 0, "core_has_work": False}
+    assert engine.run(engine.wait_idle()) == IDLE
     engine.run(backend.abort(request_id))  # already finished: a no-op
 
 
@@ -283,9 +285,9 @@ def test_cancel_and_close_abort_the_request(engine: Engine) -> None:
 
     busy = engine.run(cancel_task())
     assert busy["frontend_unfinished"] == 1 and busy["core_has_work"]
-    assert engine.run(engine.wait_idle()) == {"frontend_unfinished": 0, "core_has_work": False}
+    assert engine.run(engine.wait_idle()) == IDLE
     engine.run(close_generator())
-    assert engine.run(engine.wait_idle()) == {"frontend_unfinished": 0, "core_has_work": False}
+    assert engine.run(engine.wait_idle()) == IDLE
 
 
 def test_concurrent_requests_with_one_aborted(engine: Engine) -> None:
@@ -312,7 +314,53 @@ def test_concurrent_requests_with_one_aborted(engine: Engine) -> None:
     assert aborted[-1].finish_reason == "abort"
     for deltas in others:  # batching does not change greedy output, abort touches no one else
         assert text_of(deltas) == text_of(reference)
-    assert engine.run(engine.wait_idle()) == {"frontend_unfinished": 0, "core_has_work": False}
+    assert engine.run(engine.wait_idle()) == IDLE
+
+
+def test_aborted_n2_requests_leave_no_parent_behind(engine: Engine) -> None:
+    # vLLM 0.32 kept the parent of every aborted n > 1 request for the engine's life (one per
+    # dropped client: the memory a disconnect storm never gave back).
+    backend = engine.backend
+    params = GenerationParams(n=2, max_tokens=1000, temperature=1.0, seed=3, ignore_eos=True)
+
+    async def by_abort():
+        request_id = rid()
+        got = []
+        async for d in backend.generate(request_id, engine.prompt_ids, params):
+            got.append(d)
+            if len(got) == 4:
+                await backend.abort(request_id)
+        return got
+
+    async def by_cancel():
+        started = asyncio.Event()
+
+        async def consume():
+            async for _ in backend.generate(rid(), engine.prompt_ids, params):
+                started.set()
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.wait_for(started.wait(), 60)
+        held = await backend.engine_state()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return held
+
+    async def by_close():
+        stream = backend.generate(rid(), engine.prompt_ids, params)
+        async with contextlib.aclosing(stream):
+            async for _ in stream:
+                break
+
+    deltas = engine.run(by_abort())
+    assert sorted(d.index for d in deltas if d.finish_reason == "abort") == [0, 1]
+    assert engine.run(engine.wait_idle()) == IDLE
+    held = engine.run(by_cancel())
+    assert held["frontend_unfinished"] == 2 and held["frontend_parents"] == 1
+    assert engine.run(engine.wait_idle()) == IDLE
+    engine.run(by_close())
+    assert engine.run(engine.wait_idle()) == IDLE
 
 
 def test_duplicate_request_id_is_refused(engine: Engine) -> None:
@@ -328,7 +376,7 @@ def test_duplicate_request_id_is_refused(engine: Engine) -> None:
                 await engine.collect(request_id, params)
 
     engine.run(scenario())
-    assert engine.run(engine.wait_idle()) == {"frontend_unfinished": 0, "core_has_work": False}
+    assert engine.run(engine.wait_idle()) == IDLE
 
 
 def test_bad_request_is_an_error_not_a_dead_engine(engine: Engine) -> None:
