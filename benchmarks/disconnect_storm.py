@@ -11,9 +11,16 @@ in the middle of a call's arguments; the non-streaming path drops after a random
 After each round: the engine holds no running or waiting request (vLLM's gauges in `/metrics`,
 and the server's own running gauge), every answer read to the end is complete and valid (streams
 end with `data: [DONE]`, every choice finishes, a finished call's arguments are valid against its
-schema), and a new request is answered. The server's resident memory (`process_resident_memory_bytes`
-in `/metrics`; the in-process CPU engine is part of it) is sampled after a warm-up round and
-after every round: it must come back to the warm level within the stated tolerance.
+schema), and a new request is answered.
+
+Memory: the resident memory of each of the server's processes (the API server, which holds the
+in-process CPU engine too, and with `--engine-in-process 0` vLLM's engine core and worker
+processes) is read after a warm-up round of each kind and after every round, once the server has
+been idle for a few seconds. Two properties: no process rises above its warm level by more than
+`--rss-tolerance`, and memory does not grow storm over storm: the last round ends no higher than
+the first one did, within `--plateau-tolerance` of the warm level. Without a server started here
+(`--base-url`), give `--server-pid` to read the process tree, else only the API server's own
+`process_resident_memory_bytes` in `/metrics` is read.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import httpx
 from jsonschema import Draft202012Validator
@@ -55,6 +62,8 @@ CHOICES: list[Any] = ["auto", "none", "required", {"type": "function", "function
 BEHAVIOURS = {"read_to_end": 0.3, "drop_queued": 0.15, "drop_after_first_chunk": 0.15, "drop_in_text": 0.15,
               "drop_in_arguments": 0.25}
 DEFAULT_RSS_TOLERANCE = 0.10  # of the warm RSS
+DEFAULT_PLATEAU_TOLERANCE = 0.02  # of the warm RSS: last round against the first
+IDLE_SETTLE_S = 3.0  # the in-process engine gives freed memory back after 1 s idle
 
 
 @dataclass
@@ -258,35 +267,86 @@ async def storm(base: str, clients: int, seed: int, stream: bool, max_tokens: in
     }
 
 
-async def rss_settled(base: str) -> float:
-    await asyncio.sleep(2.0)  # let freed memory and the engine's last step settle
-    return (await asyncio.to_thread(metric_values, base)).get("process_resident_memory_bytes", 0.0)
+RssProbe = Callable[[], dict[str, float]]  # process label -> resident bytes
+
+
+def metrics_rss_probe(base: str) -> RssProbe:
+    """The API server's own resident memory, from `/metrics` (no engine processes)."""
+    return lambda: {"api_server": metric_values(base).get("process_resident_memory_bytes", 0.0)}
+
+
+def process_tree_rss_probe(pid: int) -> RssProbe:
+    """Resident memory of the server process and of each process under it, labelled by role
+    (vLLM names its processes `VLLM::EngineCore`, `VLLM::Worker...`)."""
+    import psutil
+
+    def probe() -> dict[str, float]:
+        root = psutil.Process(pid)
+        out = {"api_server": float(root.memory_info().rss)}
+        for child in root.children(recursive=True):
+            try:
+                name = child.name()
+                if "resource_tracker" in " ".join(child.cmdline()):
+                    continue  # the stdlib's helper, not an engine process
+                label = name if name.startswith("VLLM") else f"child:{name}"
+                while label in out:
+                    label += "+"
+                out[label] = float(child.memory_info().rss)
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+    return probe
+
+
+async def rss_settled(probe: RssProbe) -> dict[str, float]:
+    await asyncio.sleep(IDLE_SETTLE_S)  # idle: the engine's last step done, freed memory returned
+    return await asyncio.to_thread(probe)
+
+
+def memory_verdict(warm: dict[str, float], after: list[dict[str, float]], tolerance: float,
+                   plateau_tolerance: float) -> dict[str, Any]:
+    """Per process: largest rise over the warm level, and the rise from the first round to the
+    last (storm over storm), both as fractions of the warm level."""
+    mib = lambda v: round(v / 2 ** 20, 1)  # noqa: E731
+    processes: dict[str, Any] = {}
+    passed = bool(after)
+    for label, level in warm.items():
+        series = [a.get(label, 0.0) for a in after]
+        rise = max(series) / level - 1 if level and series else None
+        creep = (series[-1] - series[0]) / level if level and len(series) > 1 else 0.0
+        processes[label] = {"warm_mib": mib(level), "after_rounds_mib": [mib(v) for v in series],
+                            "largest_rise": None if rise is None else round(rise, 4),
+                            "last_over_first": round(creep, 4)}
+        passed = passed and rise is not None and rise <= tolerance and creep <= plateau_tolerance
+    return {"processes": processes, "rss_tolerance": tolerance, "plateau_tolerance": plateau_tolerance,
+            "passed": passed}
 
 
 async def campaign(base: str, clients: int, rounds: int, seed: int, max_tokens: int,
-                   rss_tolerance: float = DEFAULT_RSS_TOLERANCE) -> dict[str, Any]:
+                   rss_tolerance: float = DEFAULT_RSS_TOLERANCE,
+                   plateau_tolerance: float = DEFAULT_PLATEAU_TOLERANCE,
+                   rss_probe: Optional[RssProbe] = None) -> dict[str, Any]:
+    probe = rss_probe or metrics_rss_probe(base)
     # Warm-up: one storm of each kind, so the grammars, caches and buffers a storm needs exist.
     warm_rounds = [await storm(base, clients, seed - 1, True, max_tokens),
                    await storm(base, clients, seed - 2, False, max_tokens)]
-    rss_warm = await rss_settled(base)
+    rss_warm = await rss_settled(probe)
     rounds_out = []
     rss_after = []
     for r in range(rounds):
         for stream in (True, False):
             rounds_out.append(await storm(base, clients, seed + 2 * r + (0 if stream else 1), stream, max_tokens))
-        rss_after.append(await rss_settled(base))
-    growth = max(rss_after) / rss_warm - 1 if rss_warm else None
+        rss_after.append(await rss_settled(probe))
+    memory = memory_verdict(rss_warm, rss_after, rss_tolerance, plateau_tolerance)
     return {
         "clients": clients,
         "rounds": rounds,
         "max_tokens": max_tokens,
         "warm_up_ok": all(w["ok"] for w in warm_rounds),
-        "rss_warm_mib": round(rss_warm / 2 ** 20, 1),
-        "rss_after_rounds_mib": [round(v / 2 ** 20, 1) for v in rss_after],
-        "rss_growth": round(growth, 4) if growth is not None else None,
-        "rss_tolerance": rss_tolerance,
+        "memory": memory,
         "rounds_detail": rounds_out,
-        "passed": all(r["ok"] for r in rounds_out) and growth is not None and growth <= rss_tolerance,
+        "passed": all(r["ok"] for r in rounds_out) and memory["passed"],
     }
 
 
@@ -296,25 +356,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--rss-tolerance", type=float, default=DEFAULT_RSS_TOLERANCE)
+    parser.add_argument("--rss-tolerance", type=float, default=DEFAULT_RSS_TOLERANCE,
+                        help="largest rise of a process's memory over its warm level (fraction)")
+    parser.add_argument("--plateau-tolerance", type=float, default=DEFAULT_PLATEAU_TOLERANCE,
+                        help="largest rise from the first round to the last (fraction of the warm level)")
     parser.add_argument("--base-url", default=None, help="a running server (default: start server_vllm.py)")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="with --base-url: the server's process id, to read its engine processes' memory too")
     parser.add_argument("--server-arg", action="append", default=[], help="extra server_vllm.py flag (repeatable)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    def run(base: str) -> dict[str, Any]:
-        return asyncio.run(campaign(base, args.clients, args.rounds, args.seed, args.max_tokens, args.rss_tolerance))
+    def run(base: str, probe: Optional[RssProbe]) -> dict[str, Any]:
+        return asyncio.run(campaign(base, args.clients, args.rounds, args.seed, args.max_tokens, args.rss_tolerance,
+                                    args.plateau_tolerance, probe))
 
     if args.base_url:
-        report = run(args.base_url.rstrip("/"))
+        probe = process_tree_rss_probe(args.server_pid) if args.server_pid else None
+        report = run(args.base_url.rstrip("/"), probe)
     else:
         sys.path.insert(0, str(ROOT))
-        from tests.support.server import running_server
+        from tests.support.server import server_process
 
         with tempfile.TemporaryDirectory() as tmp:
-            with running_server(Path(tmp), ["--enable-grammar-sampling", *args.server_arg]) as base:
-                report = run(base)
-                report["server_log_tracebacks"] = (Path(tmp) / "server.log").read_text(errors="replace").count("Traceback")
+            with server_process(Path(tmp), ["--enable-grammar-sampling", *args.server_arg]) as server:
+                report = run(server.base, process_tree_rss_probe(server.process.pid))
+                report["server_log_tracebacks"] = server.log().count("Traceback")
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

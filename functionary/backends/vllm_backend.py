@@ -44,6 +44,7 @@ from functionary.backends.base import (
     TokenLogprob,
 )
 from functionary.backends.cpu_threads import ComputeThreads
+from functionary.backends.heap import trim_heap
 from functionary.backends.loop_bridge import call_in_loop, set_exception_if_pending, set_result_if_pending
 from functionary.backends.vllm_adapter import (
     abort_async_llm_requests,
@@ -73,6 +74,8 @@ HEALTH_TIMEOUT_S = 30.0
 DEATH_POLL_S = 0.25
 GIL_SWITCH_INTERVAL_S = 0.0005
 GRAMMAR_WAIT_S = 0.005
+# After this long without work, the engine thread gives freed heap memory back (`heap`).
+IDLE_TRIM_S = 1.0
 
 _INSTALL_HINT = (
     "The vLLM backend needs vLLM: `pip install 'functionary[cpu]'` on machines without a GPU "
@@ -317,11 +320,21 @@ class _InprocEngine:
         # dead and fails every waiting request, instead of ending the thread silently.
         try:
             has_work = inproc_has_work(engine)
+            worked = False  # since the heap was last trimmed
             while True:
                 busy = has_work()
                 cmds = []
-                if not busy:
-                    cmds.append(self._cmds.get())  # idle: sleep until there is work
+                if not busy:  # idle: sleep until there is work
+                    if worked:
+                        # Once per idle spell, after a second of it: what the last requests
+                        # freed goes back to the system instead of staying in malloc's arenas.
+                        try:
+                            cmds.append(self._cmds.get(timeout=IDLE_TRIM_S))
+                        except queue.Empty:
+                            trim_heap()
+                            worked = False
+                    if not cmds:
+                        cmds.append(self._cmds.get())
                 while True:
                     try:
                         cmds.append(self._cmds.get_nowait())
@@ -341,6 +354,7 @@ class _InprocEngine:
                     if threads is not None:
                         threads.tick()
                     outputs = engine.step()
+                    worked = True
                     if outputs:
                         self._deliver(outputs)
         except BaseException as exc:  # noqa: BLE001 - the engine is dead; tell everyone
