@@ -139,18 +139,35 @@ class ToolCallProposer:
     """vLLM custom proposer: grammar-forced tokens, then prompt lookup (see the module docstring)."""
 
     def __init__(self, vllm_config: Any) -> None:
-        import xgrammar as xgr
         from vllm.tokenizers import cached_tokenizer_from_config
 
-        self.runner = _find_model_runner()
-        spec = vllm_config.speculative_config
-        self.k = int(spec.num_speculative_tokens)
         model_config = vllm_config.model_config
-        self.max_model_len = int(model_config.max_model_len)
-        tokenizer = cached_tokenizer_from_config(model_config)
+        self._setup(
+            runner=_find_model_runner(),
+            tokenizer=cached_tokenizer_from_config(model_config),
+            vocab_size=model_config.get_vocab_size(),
+            k=int(vllm_config.speculative_config.num_speculative_tokens),
+            max_model_len=int(model_config.max_model_len),
+        )
+
+    @classmethod
+    def for_runner(cls, runner: Any, tokenizer: Any, *, k: int = DEFAULT_NUM_SPECULATIVE_TOKENS,
+                   max_model_len: int = 2048, vocab_size: Optional[int] = None) -> "ToolCallProposer":
+        """A proposer over any object shaped like vLLM's model runner (``input_batch.req_ids``,
+        ``requests[req_id]`` with ``sampling_params`` and ``num_prompt_tokens``): tests."""
+        self = cls.__new__(cls)
+        self._setup(runner, tokenizer, vocab_size, k, max_model_len)
+        return self
+
+    def _setup(self, runner: Any, tokenizer: Any, vocab_size: Optional[int], k: int, max_model_len: int) -> None:
+        import xgrammar as xgr
+
+        self.runner = runner
+        self.k = k
+        self.max_model_len = max_model_len
         # As vLLM's xgrammar back end builds it (`XgrammarBackend.__post_init__`), so both
         # matchers see the same vocabulary.
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=model_config.get_vocab_size())
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self._xgr = xgr
         self.grammars = GrammarCache(xgr.GrammarCompiler(info, max_threads=1, cache_enabled=True))
         encode = getattr(tokenizer, "encode")

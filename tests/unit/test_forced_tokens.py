@@ -207,3 +207,54 @@ def test_configure_speculation():
                                  default_on=False)
     assert not configure_speculation(_engine(), None, grammar_backend="lm-format-enforcer", grammar_sampling=None,
                                      default_on=True)
+
+
+# -- the proposer's bookkeeping over a batch (vLLM's model runner shape, no engine) ------------------
+
+
+def _runner(requests):
+    return types.SimpleNamespace(
+        input_batch=types.SimpleNamespace(req_ids=list(requests)),
+        requests={r: types.SimpleNamespace(sampling_params=p, num_prompt_tokens=n) for r, (p, n) in requests.items()},
+    )
+
+
+def test_proposer_drafts_per_request_counts_acceptance_and_forgets_finished_requests():
+    from functionary.backends import vllm_speculation as vs
+
+    spec = {"version": "hermes", "tools": [BOOK, WEATHER], "tool_choice": "required"}
+    constrained = types.SimpleNamespace(
+        structured_outputs=types.SimpleNamespace(structural_tag=structural_tag_json(spec)), all_stop_token_ids=[])
+    plain = types.SimpleNamespace(structured_outputs=None, all_stop_token_ids=[])
+    prompt_a = encode("Book Luigi's for 4.")
+    prompt_b = encode("the quick brown fox jumps over the lazy dog. the quick")
+    runner = _runner({"a": (constrained, len(prompt_a)), "b": (plain, len(prompt_b))})
+    proposer = vs.ToolCallProposer.for_runner(runner, tok(), k=5)
+    proposer.grammars.get(structural_tag_json(spec), wait_s=60)  # compiled: drafting uses it from step one
+    vs.reset_stats()
+
+    def step(histories, sampled):
+        width = max(len(h) for h in histories)
+        ids = np.zeros((len(histories), width + 8), dtype=np.int64)
+        for i, h in enumerate(histories):
+            ids[i, : len(h)] = h
+        return proposer.propose(sampled, np.array([len(h) for h in histories]), ids)
+
+    out_a = encode("book")
+    drafts = step([prompt_a + out_a, prompt_b], [out_a, [prompt_b[-1]]])
+    assert drafts[0] == encode('_table", "arguments": {"restaurant": "')[:5]
+    assert tok().decode(drafts[1]) == " brown fox jumps over the"
+    # the model took 3 of a's draft (then its own token) and none of b's
+    took = drafts[0][:3] + encode(' "')  # `_`, `table`, `",` then the model's own ` "`
+    out_a = out_a + took
+    again = step([prompt_a + out_a, prompt_b + encode(" red")], [took, encode(" red")])
+    assert not proposer._requests["a"].drafter.broken
+    stats = vs.stats_snapshot()
+    assert stats["accepted"] == 3 and stats["accepted_forced"] == 3 and stats["drafted"] == 10 + sum(map(len, again))
+    assert vs.live_request_ids() >= {"a", "b"}
+    # b finished (or was aborted): the next step's batch no longer holds it
+    runner.input_batch.req_ids = ["a"]
+    step([prompt_a + out_a], [took[-1:]])
+    assert "b" not in proposer._requests and "a" in proposer._requests
+    # prefill chunks get no draft
+    assert step([prompt_a + out_a], [[]]) == [[]]
