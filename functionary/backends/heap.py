@@ -4,8 +4,8 @@ glibc keeps memory that `free()` returned in its arenas (one per thread that all
 8 per core) for reuse, and gives back only what lies at the top of a heap. A burst of requests
 (a storm of clients that connect, stream and drop) leaves their freed buffers scattered through
 those arenas: the resident memory stays at the burst's peak although nothing uses it. Measured
-on the in-process CPU engine (default model, 64-client storms): 184 MiB of 2.5 GiB came back on
-one `malloc_trim(0)`, which took 20 ms. A server that is idle can afford that; one that is busy
+on the in-process CPU engine (default model, 64-client storms): 179 MiB of 2.5 GiB came back on
+one `malloc_trim(0)`, which took 20-40 ms. A server that is idle can afford that; one that is busy
 reuses the memory anyway.
 
 No-op where the C library is not glibc (musl, macOS): `trim_heap()` returns False there.
