@@ -5,7 +5,7 @@ tool_choice, seeded random schemas and messages), in both engine modes; sampled 
 schema-valid; a request cancelled while drafts are in flight leaves nothing behind in the engine
 or in the proposer. Prompts are rendered by the server's own ChatService. Prefix caching is off
 in every engine here so that each request is computed the same way in each (a prefix-cache hit
-changes the bf16 arithmetic, with or without speculation).
+changes the arithmetic, with or without speculation), and the engines compute in float32 (below).
 """
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ T = TypeVar("T")
 VERSIONS = ("v3.llama3", "hermes", "llama3-json", "v2")
 CHOICES = ("auto", "required", "named", "none")
 MAX_TOKENS = 32
+# float32: verifying a draft computes several positions in one forward pass, whose rounding
+# differs from one position at a time; in bf16 that flips near-ties of this 135M model's argmax
+# (1 of the 16 greedy cases here, in free text), in float32 it does not.
+DTYPE = "float32"
 IDLE = {"frontend_unfinished": 0, "core_has_work": False}
 
 CITIES = ["Paris", "San Francisco", "Tokyo", "Lagos", "Reykjavik"]
@@ -83,8 +87,13 @@ class LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def run(self, coro: Awaitable[T], timeout: float = 300) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+    def run(self, coro: Awaitable[T], timeout: float = 1800) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()  # never leave it generating into the next test
+            raise
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -92,7 +101,7 @@ class LoopThread:
 
 
 def _start(loop: LoopThread, speculate: bool, in_process: bool) -> VLLMBackend:
-    kwargs: dict[str, Any] = {"enable_prefix_caching": False}
+    kwargs: dict[str, Any] = {"enable_prefix_caching": False, "dtype": DTYPE}
     if speculate:
         kwargs["speculative_config"] = vllm_speculation.speculative_config()
     return loop.run(VLLMBackend.start(default_engine_args(**kwargs), in_process=in_process))
@@ -116,7 +125,7 @@ async def _greedy(backend: VLLMBackend) -> list[str]:
     return out
 
 
-async def _wait_idle(backend: VLLMBackend, timeout: float = 15.0) -> dict:
+async def _wait_idle(backend: VLLMBackend, timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         state = {k: v for k, v in (await backend.engine_state()).items() if k in IDLE}
@@ -152,8 +161,9 @@ def speculating(request, loop):
 def test_greedy_outputs_identical_with_speculation(reference, speculating, loop):
     vllm_speculation.reset_stats()
     got = loop.run(_greedy(speculating))
-    for case, want, have in zip(CASES, reference, got):
-        assert have == want, (case[:2], json.loads(want)["text"], json.loads(have)["text"])
+    differ = [(case[:2], json.loads(want)["text"], json.loads(have)["text"])
+              for case, want, have in zip(CASES, reference, got) if have != want]
+    assert not differ, differ
     if speculating.in_process:  # the proposer runs in this process: it did draft, and the model took drafts
         stats = vllm_speculation.stats_snapshot()
         assert stats["accepted_forced"] > 0 and stats["accepted"] > 0, stats
@@ -169,16 +179,19 @@ def test_sampled_outputs_stay_schema_valid(speculating, loop):
             svc = _service(speculating, version)
             prep = svc.prepare(ChatCompletionRequest(
                 model="m", messages=messages, tools=tools, tool_choice="required", temperature=0.7, seed=i,
-                max_tokens=96))
+                max_tokens=128, parallel_tool_calls=False))
             response = await svc.complete(prep)
             schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
-            for call in response.choices[0].message.tool_calls or []:
+            choice = response.choices[0]
+            if choice.finish_reason == "length":  # cut by max_tokens: its arguments may be unfinished
+                continue
+            for call in choice.message.tool_calls or []:
                 assert call.function.name in schemas
                 jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
                 calls += 1
         return calls
 
-    assert loop.run(run()) >= 3  # the 135M model finishes most calls within 96 tokens
+    assert loop.run(run()) >= 2  # the 135M model finishes most single calls within 128 tokens
 
 
 def test_cancelled_request_frees_everything(speculating, loop):
