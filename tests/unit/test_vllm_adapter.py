@@ -33,6 +33,19 @@ def test_the_in_process_engine_internals_exist():
     assert callable(EngineCoreProc.has_work)  # what `async_llm_engine_state` asks the core process
 
 
+def test_the_output_processor_keeps_parallel_sampling_parents_where_the_abort_looks():
+    # `abort_inproc_requests` / `abort_async_llm_requests` release aborted n > 1 parents from
+    # these (each degrades to vLLM's own abort if they move: this says when they did).
+    from vllm.v1.engine.output_processor import OutputProcessor, RequestState
+    from vllm.v1.engine.parallel_sampling import ParentRequest
+
+    processor = OutputProcessor(tokenizer=None, log_stats=False)
+    assert processor.parent_requests == {} and processor.request_states == {}
+    assert len(processor.external_req_ids) == 0
+    assert "parent_req" in inspect.signature(RequestState).parameters
+    assert {"request_id", "child_requests"} <= set(ParentRequest.__annotations__)
+
+
 def test_the_patched_and_reused_functions_exist():
     assert vllm_adapter.remember_valid_structural_tags() is True
     action = vllm_adapter.lora_modules_action()
