@@ -14,7 +14,7 @@ end with `data: [DONE]`, every choice finishes, a finished call's arguments are 
 schema), and a new request is answered.
 
 Memory: the resident memory of each of the server's processes (the API server, which holds the
-in-process CPU engine too, and with `--engine-in-process 0` vLLM's engine core and worker
+in-process CPU engine too, and with `--no-engine-in-process` vLLM's engine core and worker
 processes) is read after a warm-up round of each kind and after every round, once the server has
 been idle for a few seconds. Two properties: no process rises above its warm level by more than
 `--rss-tolerance`, and memory does not grow storm over storm: the last round ends no higher than
