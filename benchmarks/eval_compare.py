@@ -17,6 +17,7 @@ model). Results: `--out-dir` (eval_<tool_choice>.json / .md), and the tables on 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -85,6 +86,9 @@ def main() -> int:
                              "'hermes=--prompt-template-version hermes'; repeatable (default: 'ours=', as it ships)")
     parser.add_argument("--ours-tree", action="append", default=[], metavar="LABEL=DIR",
                         help="run that --ours server from another checkout (e.g. a `git archive` of another commit)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="one server at a time, reports merged (much faster on few cores; accuracy at "
+                             "temperature 0 does not depend on what runs beside)")
     parser.add_argument("--out-dir", default="eval-results")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on `kill` too (finally below)
@@ -119,48 +123,77 @@ def main() -> int:
                                  args.stock_port, ROOT)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                "TMPDIR": tmp, "VLLM_RPC_BASE_PATH": tmp}
-        processes: list[subprocess.Popen] = []
-        runs: dict = {}
-        try:
-            for name, (command, port, cwd) in servers.items():
-                log = Path(tmp) / f"{name}.log"
-                process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
-                                           stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-                processes.append(process)
-                wait_healthy(port, process, log)
-                print(f"{name}: healthy on port {port}", flush=True)
-            # The tool_choice modes run at the same time, each side by side on both servers: larger
-            # batches get more out of these 2 cores than one mode after the other.
-            started = time.perf_counter()
-            for choice in args.tool_choice or ["auto", "required"]:
-                command = [sys.executable, "-m", "functionary", "eval", "bfcl",
-                           *[arg for _, port, _ in servers.values() for arg in ("--base-url", f"http://127.0.0.1:{port}/v1")],
-                           "--categories", args.categories, "--tool-choice", choice, "--temperature", "0",
-                           "--max-tokens", str(args.max_tokens), "--concurrency", str(args.concurrency),
-                           "--json", str(out_dir / f"eval_{choice}.json"), "--markdown", str(out_dir / f"eval_{choice}.md")]
-                if args.limit:
-                    command += ["--limit", str(args.limit)]
-                output = open(out_dir / f"eval_{choice}.log", "w")
-                runs[choice] = (subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT), output)
-                print(f"tool_choice {choice}: running, progress in {out_dir / f'eval_{choice}.log'}", flush=True)
-            failed = 0
-            for choice, (process, output) in runs.items():
-                failed |= process.wait()
-                output.close()
-                print(f"\n=== tool_choice {choice} (commit {commit}; {time.perf_counter() - started:.0f} s) ===", flush=True)
-                print("; ".join(f"{name} = port {port} ({' '.join(command[2:]) or 'as it ships'}, {cwd})"
-                                for name, (command, port, cwd) in servers.items()), flush=True)
-                print((out_dir / f"eval_{choice}.log").read_text(), flush=True)
-            if failed:
+        # Side by side, or one server at a time (each engine then runs the whole load in one
+        # batch: on 2 cores several engines of small batches each cost several times the CPU).
+        groups = [[name] for name in servers] if args.sequential else [list(servers)]
+        started = time.perf_counter()
+        for g, group in enumerate(groups):
+            part = "" if len(groups) == 1 else f".{g}"
+            if run_group({name: servers[name] for name in group}, args, env, Path(tmp), out_dir, part):
                 return 1
-        finally:
-            for process, _ in runs.values():
-                if process.poll() is None:
-                    process.terminate()
-                    process.wait()
-            for process in processes:
-                stop(process)
+        labels = "; ".join(f"{name} = port {port} ({' '.join(command[2:]) or 'as it ships'}, {cwd})"
+                           for name, (command, port, cwd) in servers.items())
+        for choice in args.tool_choice or ["auto", "required"]:
+            if len(groups) > 1:
+                merge([out_dir / f"eval_{choice}.{g}.json" for g in range(len(groups))], out_dir / f"eval_{choice}")
+            with open(out_dir / f"eval_{choice}.md", "a", encoding="utf-8") as f:
+                f.write(f"\nServers (commit {commit}, {'one at a time' if args.sequential else 'side by side'}): {labels}.\n")
+            print(f"\n=== tool_choice {choice} (commit {commit}; {time.perf_counter() - started:.0f} s) ===\n{labels}", flush=True)
+            print((out_dir / f"eval_{choice}.md").read_text(), flush=True)
     return 0
+
+
+def run_group(servers: dict, args: argparse.Namespace, env: dict, tmp: Path, out_dir: Path, part: str) -> int:
+    """Start `servers`, run the harness once per tool_choice over them (the modes at the same
+    time: larger batches), stop them. Returns non-zero if a harness run failed."""
+    processes: list[subprocess.Popen] = []
+    runs: dict = {}
+    try:
+        for name, (command, port, cwd) in servers.items():
+            log = tmp / f"{name}.log"
+            process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
+                                       stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+            processes.append(process)
+            wait_healthy(port, process, log)
+            print(f"{name}: healthy on port {port}", flush=True)
+        for choice in args.tool_choice or ["auto", "required"]:
+            command = [sys.executable, "-m", "functionary", "eval", "bfcl",
+                       *[arg for _, port, _ in servers.values() for arg in ("--base-url", f"http://127.0.0.1:{port}/v1")],
+                       "--categories", args.categories, "--tool-choice", choice, "--temperature", "0",
+                       "--max-tokens", str(args.max_tokens), "--concurrency", str(args.concurrency),
+                       "--json", str(out_dir / f"eval_{choice}{part}.json"),
+                       "--markdown", str(out_dir / f"eval_{choice}{part}.md")]
+            if args.limit:
+                command += ["--limit", str(args.limit)]
+            output = open(out_dir / f"eval_{choice}{part}.log", "w")
+            runs[choice] = (subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT), output)
+            print(f"tool_choice {choice}: running, progress in {out_dir / f'eval_{choice}{part}.log'}", flush=True)
+        failed = 0
+        for process, output in runs.values():
+            failed |= process.wait()
+            output.close()
+        return failed
+    finally:
+        for process, _ in runs.values():
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+        for process in processes:
+            stop(process)
+
+
+def merge(parts: list[Path], out: Path) -> None:
+    """One report (`out`.json / .md) from runs of one server each, endpoints numbered in order."""
+    from functionary.eval.harness import ItemResult
+    from functionary.eval.report import markdown, summarize, write_json
+
+    items = []
+    for endpoint, path in enumerate(parts):
+        for item in json.loads(path.read_text())["items"]:
+            items.append(ItemResult(**{**item, "endpoint": endpoint}))
+    rows = summarize(items)
+    write_json(str(out.with_suffix(".json")), rows, items)
+    out.with_suffix(".md").write_text(markdown(rows))
 
 
 if __name__ == "__main__":
