@@ -176,7 +176,8 @@ class Grammar:
             excluded = list(self.stops)
             if not self.syntax.json_arguments:
                 excluded = [self.opener] + ([self.closer] if self.closer else []) + excluded
-            return ArgsCtx(name, self.functions.get(name), excluded, lambda _sp: TextState(self.after_ctx()))
+            return ArgsCtx(name, self.functions.get(name), excluded, lambda _sp: TextState(self.after_ctx()),
+                           self.syntax.json_separators)
 
         return self._memo(("args", name), build)
 

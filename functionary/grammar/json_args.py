@@ -160,12 +160,42 @@ def build_parser(schema: Mapping[str, Any]) -> Any:
         return JsonSchemaParser(dict(ANY_OBJECT), _CONFIG)
 
 
+class Separators:
+    """JSON written as `json.dumps(..., separators=(item, key))` writes it: after a structural
+    `,` / `:` exactly the separator's spaces, no whitespace anywhere else."""
+
+    __slots__ = ("spaces",)
+
+    def __init__(self, separators: tuple[str, str]) -> None:
+        item, key = separators
+        if item.strip() != "," or key.strip() != ":" or item.lstrip(",").strip(" ") or key.lstrip(":").strip(" "):
+            raise ValueError(f"separators must be ',' and ':' each followed by spaces, got {separators!r}")
+        self.spaces = {",": len(item) - 1, ":": len(key) - 1}
+
+    def chars(self, parser: Any, chars: str) -> str:
+        """`chars` (what may follow outside a string) with the whitespace the separators allow."""
+        owed = self.spaces.get(parser.last_non_whitespace_character, 0) - parser.num_consecutive_whitespaces
+        if parser.num_consecutive_whitespaces and parser.last_non_whitespace_character not in self.spaces:
+            owed = 0
+        if owed > 0:
+            return " " if " " in chars else ""
+        return "".join(c for c in chars if c not in WHITESPACE_CHARACTERS)
+
+
+def _in_string(parser: Any) -> bool:
+    stack = parser.object_stack
+    return bool(stack) and isinstance(stack[-1], StringParsingState) and stack[-1].seen_opening_quote \
+        and not stack[-1].seen_closing_quote
+
+
 class ArgsCtx:
     """The arguments of one function in one compiled grammar (identity-hashed)."""
 
-    __slots__ = ("name", "schema", "mset", "after", "interesting", "_root", "__weakref__")
+    __slots__ = ("name", "schema", "mset", "after", "interesting", "separators", "_root", "__weakref__")
 
-    def __init__(self, name: str, schema: Mapping[str, Any], excluded: Sequence[Marker], after: Enter) -> None:
+    def __init__(self, name: str, schema: Mapping[str, Any], excluded: Sequence[Marker], after: Enter,
+                 separators: Optional[tuple[str, str]] = None) -> None:
+        self.separators = Separators(separators) if separators is not None else None
         self.name = name
         self.schema = normalize_parameters(schema) if schema is not None else dict(NO_PARAMETERS)
         self.mset = MarkerSet(excluded)
@@ -251,10 +281,10 @@ def _level_chars(p: Any) -> str:
     return chars
 
 
-def _chars(parser: Any) -> str:
+def _chars(parser: Any, separators: Optional[Separators] = None) -> str:
     """`get_allowed_characters` of a (forked) JsonSchemaParser, level by level with `_level_chars`."""
     if isinstance(parser, UnionParser):
-        return "".join(_chars(p) for p in parser.parsers)
+        return "".join(_chars(p, separators) for p in parser.parsers)
     if not isinstance(parser, JsonSchemaParser):
         return parser.get_allowed_characters()
     parser.context.active_parser = parser
@@ -266,13 +296,16 @@ def _chars(parser: Any) -> str:
     chars = "".join(parts) if parts else WHITESPACE_CHARACTERS
     if parser.num_consecutive_whitespaces >= parser.config.max_consecutive_whitespaces:
         chars = "".join(c for c in chars if c not in WHITESPACE_CHARACTERS)
+    if separators is not None and not _in_string(parser):
+        chars = separators.chars(parser, chars)
     return chars
 
 
-def _add(parser: Any, c: str) -> Any:
+def _add(parser: Any, c: str, separators: Optional[Separators] = None) -> Any:
     """`add_character`, but a fork only goes on in the branches that (fixed) allow `c`."""
     if isinstance(parser, UnionParser):
-        nexts = [q for q in (_add(p, c) for p in parser.parsers if c in _chars(p)) if q is not None]
+        nexts = [q for q in (_add(p, c, separators) for p in parser.parsers if c in _chars(p, separators))
+                 if q is not None]
         if not nexts:
             return None
         return nexts[0] if len(nexts) == 1 else UnionParser(nexts)
@@ -378,7 +411,7 @@ class ArgsState:
 
     def _lmfe_chars(self) -> str:
         if self._chars is None:
-            self._chars = _chars(self.parser)
+            self._chars = _chars(self.parser, self.ctx.separators)
         return self._chars
 
     def allowed(self) -> CharSet:
@@ -409,7 +442,7 @@ class ArgsState:
             # lm-format-enforcer would take it by silently dropping parsers off its stack.
             return None
         try:
-            parser = _add(self.parser, feed)
+            parser = _add(self.parser, feed, ctx.separators)
         except Exception:  # noqa: BLE001 - lm-format-enforcer rejects by raising
             return None
         if parser is None:

@@ -5,6 +5,8 @@ blocks (Qwen2.5 / Hermes) and `{"name": ..., "parameters": ...}` (Meta's Llama 3
 `<|python_tag|>` code for its built-in code interpreter)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from functionary.grammar import compile_constraint
@@ -44,6 +46,41 @@ CASES = [
     ("llama3-json", "auto", TOOLS, "Hi there", True),
     ("llama3-json", "none", TOOLS, 'Hi {"name": "get_w", "parameters": {}}', False),
 ]
+
+NESTED = {"type": "object", "properties": {
+    "city": {"type": "string"}, "days": {"type": "array", "items": {"type": "number"}},
+    "opts": {"type": "object", "properties": {"unit": {"type": "string", "enum": ["C", "F"]}, "n": {"type": "integer"}}}}}
+COMPACT_ARGS = {"city": "New York, NY: USA", "days": [1.5, 2, -3e-2], "opts": {"unit": "C", "n": 10}}
+# The arguments as the formats' own prompts write JSON (`json.dumps` defaults) and variants with
+# any other whitespace: (arguments text, admitted).
+COMPACT_CASES = [
+    (json.dumps(COMPACT_ARGS), True),
+    (json.dumps({"city": " spaced  out "}), True),  # spaces inside strings are text
+    (json.dumps(COMPACT_ARGS, separators=(",", ":")), False),
+    (json.dumps(COMPACT_ARGS, indent=2), False),
+    (json.dumps(COMPACT_ARGS).replace('{"city"', '{ "city"'), False),
+    (json.dumps(COMPACT_ARGS).replace('": ', '" : ', 1), False),
+    (json.dumps(COMPACT_ARGS).replace(', "days"', ',  "days"'), False),
+    (json.dumps(COMPACT_ARGS).replace("}", " }", 1), False),
+    (json.dumps({"days": [1, 2]}).replace("]", " ]"), False),
+    (json.dumps({"days": [int("9" * 19)]}), True),  # a number's digit runs stop at 19
+    (json.dumps({"days": [int("9" * 20)]}), False),
+    (json.dumps({"days": [float("0." + "1" * 17)]}), True),
+]
+
+
+@pytest.mark.parametrize("version,template", [
+    ("hermes", '<tool_call>\n{{"name": "get_weather", "arguments": {}}}\n</tool_call>'),
+    ("llama3-json", '{{"name": "get_weather", "parameters": {}}}'),
+])
+@pytest.mark.parametrize("args,admitted", COMPACT_CASES)
+def test_arguments_are_compact_json_on_both_back_ends(version, template, args, admitted):
+    spec = {"version": version, "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": NESTED}}],
+            "tool_choice": "auto"}
+    text = template.format(args)
+    assert _xgrammar_accepts(spec, text) is admitted
+    if "9" * 19 not in args:  # lm-format-enforcer bounds a number by its characters (MAX_NUMBER_CHARS)
+        assert lmfe_accepts(spec, text) is admitted
 
 
 def lmfe_accepts(spec, text):

@@ -221,7 +221,8 @@ def test_tool_choice_at_the_start(version):
         else:
             assert required.allows("get_w")  # the prefix opened the call
     named = cursor(version, "named")
-    assert "{" in named.allowed() and named.allows(' {"city": "x"}')
+    lead = "" if s.json_separators else " "  # compact JSON: the prefix wrote the separator's space
+    assert "{" in named.allowed() and named.allows(lead + '{"city": "x"}')
     assert not named.can_end()
 
 
