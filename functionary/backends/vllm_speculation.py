@@ -239,8 +239,14 @@ class ToolCallProposer:
         so = getattr(params, "structured_outputs", None) if params is not None else None
         tag = getattr(so, "structural_tag", None) if so is not None else None
         stops = tuple(getattr(params, "all_stop_token_ids", None) or ()) if params is not None else ()
+        # A sampled request takes a drafted token with the probability the model gives it, and a
+        # forced string can be split into tokens several ways: guesses and copied values are
+        # mostly refused there, and at 16 streams their verification cost more than it saved
+        # (BENCHMARKS.md). Greedy requests get the whole draft.
+        greedy = params is None or float(getattr(params, "temperature", 1.0) or 0.0) < 1e-5
+        drafter = RequestDrafter(self._encode) if greedy else RequestDrafter(self._encode, probes=(), lookup=False)
         return _Request(
-            drafter=RequestDrafter(self._encode),
+            drafter=drafter,
             tag=tag if isinstance(tag, str) else None,
             num_prompt_tokens=int(cached.num_prompt_tokens),
             stop_token_ids=stops,

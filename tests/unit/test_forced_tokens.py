@@ -224,8 +224,8 @@ def test_proposer_drafts_per_request_counts_acceptance_and_forgets_finished_requ
 
     spec = {"version": "hermes", "tools": [BOOK, WEATHER], "tool_choice": "required"}
     constrained = types.SimpleNamespace(
-        structured_outputs=types.SimpleNamespace(structural_tag=structural_tag_json(spec)), all_stop_token_ids=[])
-    plain = types.SimpleNamespace(structured_outputs=None, all_stop_token_ids=[])
+        structured_outputs=types.SimpleNamespace(structural_tag=structural_tag_json(spec)), all_stop_token_ids=[], temperature=0.0)
+    plain = types.SimpleNamespace(structured_outputs=None, all_stop_token_ids=[], temperature=0.0)
     prompt_a = encode("Book Luigi's for 4.")
     prompt_b = encode("the quick brown fox jumps over the lazy dog. the quick")
     runner = _runner({"a": (constrained, len(prompt_a)), "b": (plain, len(prompt_b))})
@@ -258,3 +258,21 @@ def test_proposer_drafts_per_request_counts_acceptance_and_forgets_finished_requ
     assert "b" not in proposer._requests and "a" in proposer._requests
     # prefill chunks get no draft
     assert step([prompt_a + out_a], [[]]) == [[]]
+    # a sampled request gets only what the grammar forces: no copied values, no guessed separators
+    sampled = types.SimpleNamespace(structured_outputs=constrained.structured_outputs, all_stop_token_ids=[],
+                                    temperature=0.7)
+    runner.input_batch.req_ids = ["c", "d"]
+    runner.requests.update({"c": types.SimpleNamespace(sampling_params=sampled, num_prompt_tokens=len(prompt_a)),
+                            "d": types.SimpleNamespace(sampling_params=dataclass_free(plain, temperature=0.7),
+                                                       num_prompt_tokens=len(prompt_b))})
+    value = encode('book_table", "arguments": {"restaurant": "Luigi\'s')
+    drafts = step([prompt_a + value, prompt_b], [value[-1:], [prompt_b[-1]]])
+    assert drafts == [[], []]
+    runner.input_batch.req_ids = ["e"]
+    runner.requests["e"] = types.SimpleNamespace(sampling_params=sampled, num_prompt_tokens=len(prompt_a))
+    book = encode("book")
+    assert step([prompt_a + book], [book]) == [encode('_table", "arguments": {"restaurant": "')[:5]]
+
+
+def dataclass_free(ns, **changes):
+    return types.SimpleNamespace(**{**vars(ns), **changes})
