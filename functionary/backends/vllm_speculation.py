@@ -52,6 +52,9 @@ DEFAULT_NUM_SPECULATIVE_TOKENS = 5
 #: How long a step waits for a new tool set's grammar before drafting without it (a tag seen before
 #: is ready at once; vLLM compiles the same tag for its own mask meanwhile).
 GRAMMAR_WAIT_S = 0.0
+#: Sampled (temperature > 0) requests are drafted for only while the batch holds at most this many
+#: requests (see `_new_request`); greedy ones always.
+SAMPLED_BATCH_LIMIT = 4
 
 # Totals of every proposer in this process (tests, benchmark, /metrics). Guarded by _STATS_LOCK.
 STATS = DraftStats()
@@ -128,6 +131,7 @@ def _find_model_runner() -> Any:
 
 @dataclass
 class _Request:
+    greedy: bool
     drafter: RequestDrafter
     tag: Optional[str]
     num_prompt_tokens: int
@@ -213,6 +217,8 @@ class ToolCallProposer:
             state.drafter.advance(output)
             step.output_tokens += max(0, state.drafter.consumed - before)
             k = min(self.k, self.max_model_len - 1 - num_tokens)
+            if not state.greedy and len(req_ids) > SAMPLED_BATCH_LIMIT:
+                k = 0
             draft = state.drafter.draft(history, k) if k > 0 else Draft()
             if draft.tokens and state.stop_token_ids and draft.tokens[0] in state.stop_token_ids:
                 draft = Draft()
@@ -239,13 +245,14 @@ class ToolCallProposer:
         so = getattr(params, "structured_outputs", None) if params is not None else None
         tag = getattr(so, "structural_tag", None) if so is not None else None
         stops = tuple(getattr(params, "all_stop_token_ids", None) or ()) if params is not None else ()
-        # A sampled request takes a drafted token with the probability the model gives it, and a
-        # forced string can be split into tokens several ways: guesses and copied values are
-        # mostly refused there, and at 16 streams their verification cost more than it saved
-        # (BENCHMARKS.md). Greedy requests get the whole draft.
+        # A sampled request takes a drafted token only with the probability the model gives it
+        # (a forced string can be split into tokens several ways), so most of its draft is refused;
+        # verifying it is cheap in a small batch and costs more than it saves in a big one
+        # (BENCHMARKS.md: 16 streams at T=0.7 ran at 0.71x with drafts). `greedy` is kept per request.
         greedy = params is None or float(getattr(params, "temperature", 1.0) or 0.0) < 1e-5
-        drafter = RequestDrafter(self._encode) if greedy else RequestDrafter(self._encode, probes=(), lookup=False)
+        drafter = RequestDrafter(self._encode)
         return _Request(
+            greedy=greedy,
             drafter=drafter,
             tag=tag if isinstance(tag, str) else None,
             num_prompt_tokens=int(cached.num_prompt_tokens),

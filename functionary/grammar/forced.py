@@ -121,13 +121,11 @@ class RequestDrafter:
     compiled yet) and how many of the request's output tokens it has consumed."""
 
     def __init__(self, encode: Callable[[str], Sequence[int]], *, min_n: int = DEFAULT_MIN_NGRAM,
-                 max_n: int = DEFAULT_MAX_NGRAM, probes: Sequence[str] = JSON_SEPARATOR_PROBES,
-                 lookup: bool = True) -> None:
+                 max_n: int = DEFAULT_MAX_NGRAM, probes: Sequence[str] = JSON_SEPARATOR_PROBES) -> None:
         self._encode = encode if isinstance(encode, _EncodeCache) else _EncodeCache(encode)
         self.min_n = min_n
         self.max_n = max_n
         self.probes = tuple(probes)
-        self.lookup = lookup  # False: only what the grammar forces
         self.matcher: Any = None
         self.consumed = 0  # output tokens the matcher has accepted (or skipped, once broken)
         self.broken = False  # the matcher refused a real token: stop trusting it
@@ -170,8 +168,6 @@ class RequestDrafter:
         if k <= 0:
             return Draft()
         if not self.constrained:
-            if not self.lookup:
-                return Draft()
             looked = prompt_lookup(history, k, self.min_n, self.max_n)
             return Draft(tuple(looked), (False,) * len(looked))
         m = self.matcher
@@ -198,8 +194,6 @@ class RequestDrafter:
                     break
                 if progressed:
                     continue  # the grammar may force more after that
-                if not self.lookup:
-                    break
                 for token in self._lookup(history, tokens, k - len(tokens)):
                     if not m.accept_token(token):
                         break

@@ -258,19 +258,16 @@ def test_proposer_drafts_per_request_counts_acceptance_and_forgets_finished_requ
     assert "b" not in proposer._requests and "a" in proposer._requests
     # prefill chunks get no draft
     assert step([prompt_a + out_a], [[]]) == [[]]
-    # a sampled request gets only what the grammar forces: no copied values, no guessed separators
+    # a sampled request is drafted for in a small batch only (most of its draft is refused)
     sampled = types.SimpleNamespace(structured_outputs=constrained.structured_outputs, all_stop_token_ids=[],
                                     temperature=0.7)
-    runner.input_batch.req_ids = ["c", "d"]
-    runner.requests.update({"c": types.SimpleNamespace(sampling_params=sampled, num_prompt_tokens=len(prompt_a)),
-                            "d": types.SimpleNamespace(sampling_params=dataclass_free(plain, temperature=0.7),
-                                                       num_prompt_tokens=len(prompt_b))})
-    value = encode('book_table", "arguments": {"restaurant": "Luigi\'s')
-    drafts = step([prompt_a + value, prompt_b], [value[-1:], [prompt_b[-1]]])
-    assert drafts == [[], []]
-    runner.input_batch.req_ids = ["e"]
-    runner.requests["e"] = types.SimpleNamespace(sampling_params=sampled, num_prompt_tokens=len(prompt_a))
     book = encode("book")
+    big = [f"s{i}" for i in range(vs.SAMPLED_BATCH_LIMIT + 1)]
+    runner.input_batch.req_ids = big
+    runner.requests.update({r: types.SimpleNamespace(sampling_params=sampled, num_prompt_tokens=len(prompt_a))
+                            for r in big})
+    assert step([prompt_a + book] * len(big), [book] * len(big)) == [[]] * len(big)
+    runner.input_batch.req_ids = big[:1]
     assert step([prompt_a + book], [book]) == [encode('_table", "arguments": {"restaurant": "')[:5]]
 
 
