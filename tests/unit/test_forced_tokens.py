@@ -8,6 +8,7 @@ drafted as the tokenizer writes them, and argument values are copied from the pr
 """
 from __future__ import annotations
 
+import json
 import random
 import types
 
@@ -273,3 +274,17 @@ def test_proposer_drafts_per_request_counts_acceptance_and_forgets_finished_requ
 
 def dataclass_free(ns, **changes):
     return types.SimpleNamespace(**{**vars(ns), **changes})
+
+
+def test_server_refuses_both_speculation_flags_at_start(capsys):
+    pytest.importorskip("vllm")
+    import server_vllm
+
+    ngram = json.dumps({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2})
+    with pytest.raises(SystemExit) as exit_info:
+        server_vllm.main(["--speculate-tool-calls", "--speculative-config", ngram])
+    assert exit_info.value.code == 2
+    assert "--speculate-tool-calls cannot be combined with --speculative-config" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        server_vllm.main(["--speculate-tool-calls", "--grammar-backend", "lm-format-enforcer"])
+    assert "needs --grammar-backend xgrammar" in capsys.readouterr().err
