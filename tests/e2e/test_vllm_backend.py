@@ -258,35 +258,38 @@ def test_abort_ends_stream_and_frees_engine(engine: Engine) -> None:
     engine.run(backend.abort(request_id))  # already finished: a no-op
 
 
+async def cancel_after_first_delta(backend: Any, params: GenerationParams, prompt_ids: list[int]) -> dict:
+    """Cancel a consuming task once its first delta arrived; the engine's state just before."""
+    started = asyncio.Event()
+
+    async def consume():
+        async for _ in backend.generate(rid(), prompt_ids, params):
+            started.set()
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.wait_for(started.wait(), 60)
+    held = await backend.engine_state()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return held
+
+
+async def close_after_first_delta(backend: Any, params: GenerationParams, prompt_ids: list[int]) -> None:
+    """Close the stream (`aclose`) after its first delta, as a client that stops reading."""
+    stream = backend.generate(rid(), prompt_ids, params)
+    async with contextlib.aclosing(stream):
+        async for _ in stream:
+            break
+
+
 def test_cancel_and_close_abort_the_request(engine: Engine) -> None:
     backend = engine.backend
     params = GenerationParams(max_tokens=1000, temperature=0.0, ignore_eos=True)
-
-    async def cancel_task():
-        started = asyncio.Event()
-
-        async def consume():
-            async for _ in backend.generate(rid(), engine.prompt_ids, params):
-                started.set()
-
-        task = asyncio.ensure_future(consume())
-        await asyncio.wait_for(started.wait(), 60)
-        busy = await backend.engine_state()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return busy
-
-    async def close_generator():
-        stream = backend.generate(rid(), engine.prompt_ids, params)
-        async with contextlib.aclosing(stream):
-            async for _ in stream:
-                break
-
-    busy = engine.run(cancel_task())
+    busy = engine.run(cancel_after_first_delta(backend, params, engine.prompt_ids))
     assert busy["frontend_unfinished"] == 1 and busy["core_has_work"]
     assert engine.run(engine.wait_idle()) == IDLE
-    engine.run(close_generator())
+    engine.run(close_after_first_delta(backend, params, engine.prompt_ids))
     assert engine.run(engine.wait_idle()) == IDLE
 
 
@@ -332,34 +335,13 @@ def test_aborted_n2_requests_leave_no_parent_behind(engine: Engine) -> None:
                 await backend.abort(request_id)
         return got
 
-    async def by_cancel():
-        started = asyncio.Event()
-
-        async def consume():
-            async for _ in backend.generate(rid(), engine.prompt_ids, params):
-                started.set()
-
-        task = asyncio.ensure_future(consume())
-        await asyncio.wait_for(started.wait(), 60)
-        held = await backend.engine_state()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return held
-
-    async def by_close():
-        stream = backend.generate(rid(), engine.prompt_ids, params)
-        async with contextlib.aclosing(stream):
-            async for _ in stream:
-                break
-
     deltas = engine.run(by_abort())
     assert sorted(d.index for d in deltas if d.finish_reason == "abort") == [0, 1]
     assert engine.run(engine.wait_idle()) == IDLE
-    held = engine.run(by_cancel())
+    held = engine.run(cancel_after_first_delta(backend, params, engine.prompt_ids))
     assert held["frontend_unfinished"] == 2 and held["frontend_parents"] == 1
     assert engine.run(engine.wait_idle()) == IDLE
-    engine.run(by_close())
+    engine.run(close_after_first_delta(backend, params, engine.prompt_ids))
     assert engine.run(engine.wait_idle()) == IDLE
 
 
