@@ -461,10 +461,14 @@ class _Engine:
             if hits:  # the text ends before the stop string, which is not shown
                 text, choice.held = choice.held[: min(hits)], ""
                 finished = "stop"
-        if finished is None:
-            if choice.grammar is not None and choice.grammar.terminated:
+        if finished is None and choice.grammar is not None and choice.grammar.terminated:
+            if params.ignore_eos:
+                # As vLLM: a grammar that has ended no longer masks; ignore_eos runs on to max_tokens.
+                choice.grammar = None
+            else:
                 finished = "stop"
-            elif params.max_tokens is not None and choice.generated >= params.max_tokens:
+        if finished is None:
+            if params.max_tokens is not None and choice.generated >= params.max_tokens:
                 finished = "length"
             elif len(choice.slot.tokens) + 1 >= self.n_ctx:
                 finished = "length"

@@ -193,6 +193,16 @@ def test_min_tokens_holds_the_end_of_turn_back(client, model):
     assert longer.usage.completion_tokens >= ended + 5
 
 
+def test_ignore_eos_runs_to_max_tokens_past_the_end_of_a_call(client, model):
+    # As vLLM (tests/e2e/test_server_e2e.py): after the EOS that ends the grammar's call, an
+    # ignore_eos request goes on, no longer constrained, until max_tokens.
+    response = client.chat.completions.create(
+        model=model, messages=ASK, tools=[WEATHER], tool_choice={"type": "function", "function": {
+            "name": "get_weather"}}, temperature=0, max_tokens=80, extra_body={"ignore_eos": True})
+    assert response.usage.completion_tokens == 80
+    assert response.choices[0].finish_reason == "length"
+
+
 def test_same_seed_same_answer(client, model):
     body = dict(model=model, messages=[{"role": "user", "content": "Tell me a short story."}], temperature=1.0,
                 max_tokens=24, seed=1234)
@@ -216,7 +226,7 @@ def test_eight_concurrent_requests_are_decoded_together(server, model):
             return await asyncio.gather(*(one(k) for k in range(8)))
 
     counts = asyncio.run(run())
-    assert all(0 < n <= tokens for n in counts), counts
+    assert counts == [tokens] * 8  # ignore_eos: every one runs to max_tokens
     after = metrics(server)
     calls = after["functionary_llama_cpp_decode_calls_total"] - before["functionary_llama_cpp_decode_calls_total"]
     seqs = (after["functionary_llama_cpp_decoded_sequences_total"]
@@ -230,7 +240,7 @@ def test_eight_concurrent_requests_are_decoded_together(server, model):
 
 def test_a_disconnect_frees_the_sequence_and_its_kv_cells(server, model):
     body = {"model": model, "messages": [{"role": "user", "content": "Write a very long essay."}],
-            "max_tokens": 2000, "stream": True, "ignore_eos": True}
+            "max_tokens": 2000, "stream": True, "ignore_eos": True, "temperature": 0}
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", f"{server}/v1/chat/completions", json=body) as response:
             assert response.status_code == 200

@@ -142,6 +142,16 @@ def test_a_client_disconnect_aborts_the_engine_request(server, model, stream):
     assert wait_idle(server, 20) == 0
 
 
+def test_ignore_eos_runs_to_max_tokens_past_the_end_of_a_call(client, model):
+    # vLLM's ignore_eos: generation goes on after the EOS token, here also after the grammar
+    # ended the named call with it (the llama.cpp server must do the same).
+    response = client.chat.completions.create(
+        model=model, messages=MESSAGES, tools=[WEATHER], tool_choice={"type": "function", "function": {
+            "name": "get_weather"}}, temperature=0, max_tokens=80, extra_body={"ignore_eos": True})
+    assert response.usage.completion_tokens == 80
+    assert response.choices[0].finish_reason == "length"
+
+
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_grammar_sampling_makes_the_default_model_call_validly(client, model, tool_choice):
     # SmolLM2 was never trained on a Functionary format; grammar sampling (on by default for
