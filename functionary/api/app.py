@@ -315,6 +315,22 @@ def detect_template(backend: Any) -> Any:
     return get_prompt_template_by_version(DEFAULT_TEMPLATE_VERSION)
 
 
+def with_model_system_prompt(template: Any, backend: Any) -> Any:
+    """`template`, opening conversations with the model's own default system prompt where the
+    format takes it (hermes) and the model's chat template has one."""
+    from functionary.prompt_template.detect import default_system_prompt
+
+    get_tokenizer = getattr(backend, "get_tokenizer", None)
+    if not template.format.model_system_prompt or get_tokenizer is None:
+        return template
+    chat_template = getattr(get_tokenizer(), "chat_template", None)
+    text = default_system_prompt(chat_template) if isinstance(chat_template, str) else None
+    if text is None:
+        return template
+    logger.info("conversations without a system message open with the model's own: %r", text)
+    return template.with_default_system(text)
+
+
 async def watch_engine(app: FastAPI, backend: Any) -> None:
     """Wait for the engine to die; then refuse everything (503) and call
     `app.state.on_engine_dead` (the server's runner stops the process with a non-zero status,
@@ -348,7 +364,7 @@ def create_app(
         backend = backend_factory()
         if inspect.isawaitable(backend):
             backend = await backend
-        chosen = template if template is not None else detect_template(backend)
+        chosen = with_model_system_prompt(template if template is not None else detect_template(backend), backend)
         grammar = settings.grammar_sampling
         if grammar is None:  # the model was not trained on a format: constrain it to the format
             grammar = not is_functionary_model(backend)

@@ -67,3 +67,33 @@ def _single_token(tokenizer: Any, text: str) -> bool:
     if len(ids) > 1:  # SentencePiece may put a lone "▁" in front
         ids = [i for i in ids if tokenizer.decode([i]).strip() != ""]
     return len(ids) == 1 and tokenizer.decode(ids) .strip() == text
+
+
+_CHATML_SYSTEM = re.compile(r"<\|im_start\|>system\n(?P<text>.*?)<\|im_end\|>\n<\|im_start\|>user\n", re.S)
+
+
+def default_system_prompt(chat_template: str) -> Optional[str]:
+    """The system turn a ChatML chat template writes for a conversation that brings none
+    (SmolLM2's "You are a helpful AI assistant named SmolLM, ..."), or None: no such default,
+    not ChatML, or a template that does not render (as transformers renders it: jinja2's
+    sandbox, trimmed blocks)."""
+    if "<|im_start|>" not in chat_template:
+        return None
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    mark = "\x00user\x00"
+    try:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        text = env.from_string(chat_template).render(
+            messages=[{"role": "user", "content": mark}], add_generation_prompt=False,
+            bos_token="", eos_token="", tools=None)
+    except Exception:  # noqa: BLE001 - a template we cannot render names no default
+        return None
+    match = _CHATML_SYSTEM.match(text)
+    if match is None or not text[match.end():].startswith(mark):
+        return None
+    return match.group("text")

@@ -362,6 +362,9 @@ class Format:
     # Formats whose messages render in context (other model families): the whole conversation
     # (messages, functions, code-interpreter flag) at once; `render_message` is then unused.
     render_conversation: Optional[Callable[[list, list, bool], str]] = None
+    # Where a model's own chat template opens a conversation without a system message with a
+    # system prompt of its own, the server does the same (`detect.default_system_prompt`).
+    model_system_prompt: bool = False
 
     def prefix_for(self, choice: Any) -> str:
         """The text appended after the generation prompt for an effective tool_choice."""
@@ -457,6 +460,7 @@ FORMATS: dict[str, Format] = {
             render_message=lambda m: "",
             system_messages=lambda functions, code: [],
             render_conversation=_hermes_render,
+            model_system_prompt=True,
         ),
         Format(
             version="llama3-json",

@@ -73,6 +73,8 @@ def build_inference_prompt(
     history = [_normalize_message(m, i) for i, m in enumerate(messages)]
     if not history:
         raise PromptError("`messages` must contain at least one message.", "messages")
+    if template.default_system is not None and history[0]["role"] != "system":
+        history.insert(0, {"role": "system", "content": template.default_system})
     history.append({"role": "assistant", "content": None})
     history = template.pre_process_messages_before_inference(history)
     prompt = template.get_prompt_from_messages(history, enforced) + template.get_generation_prefix(choice)

@@ -53,14 +53,21 @@ def reorder_tool_results(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[
 class PromptTemplate:
     """Renders conversations and parses completions for one prompt-template version."""
 
-    def __init__(self, fmt: Format) -> None:
+    def __init__(self, fmt: Format, default_system: Optional[str] = None) -> None:
         self.format = fmt
         self.version = fmt.version
         self.syntax = fmt.syntax
         self.stop_tokens: tuple[str, ...] = fmt.syntax.stop_tokens
+        # The model's own system prompt for conversations that bring none (its chat template's
+        # default); None: the format's.
+        self.default_system = default_system
 
     def __repr__(self) -> str:
         return f"PromptTemplate({self.version!r})"
+
+    def with_default_system(self, text: Optional[str]) -> "PromptTemplate":
+        """This format, opening conversations without a system message with `text`."""
+        return PromptTemplate(self.format, default_system=text)
 
     # -- rendering ---------------------------------------------------------------------------
 

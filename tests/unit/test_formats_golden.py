@@ -164,3 +164,23 @@ def test_tool_choice_none_renders_as_no_tools():
     messages = [{"role": "user", "content": "Hi"}]
     for version in PUBLISHED:
         assert ours(version, messages, TOOLS, tool_choice="none") == published(version, messages, None)
+
+
+@pytest.mark.parametrize("case", ["no-tools", "system-no-tools"])
+def test_hermes_opens_with_the_models_own_system_prompt(case):
+    # SmolLM2 (the default model) has a ChatML template that knows no tools but opens every
+    # conversation without a system message with its own; the server's hermes prompt, built
+    # for that model, is then that template's, byte for byte.
+    from functionary.api.app import with_model_system_prompt
+
+    smollm2 = (REFERENCE / "smollm2-instruct.jinja").read_text()
+    tok = build_format_tokenizer("hermes", chat_template=smollm2)
+
+    class Backend:
+        def get_tokenizer(self):
+            return tok
+
+    template = with_model_system_prompt(get_prompt_template_by_version("hermes"), Backend())
+    messages, _ = CASES[case]
+    rendered = build_inference_prompt(template, copy.deepcopy(messages)).prompt
+    assert rendered == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
