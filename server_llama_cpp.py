@@ -19,7 +19,7 @@ logger = logging.getLogger("functionary.server")
 
 def build_parser() -> argparse.ArgumentParser:
     from functionary.api.server_flags import add_served_model_name, add_server_args
-    from functionary.backends.llama_cpp import DEFAULT_N_CTX, DEFAULT_PARALLEL
+    from functionary.backends.llama_cpp import DEFAULT_DRAFT_TOKENS, DEFAULT_N_CTX, DEFAULT_PARALLEL
 
     parser = argparse.ArgumentParser(description="Functionary OpenAI-compatible server on llama.cpp.")
     engine = parser.add_argument_group("llama.cpp engine")
@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sequences decoded together in one batch (default: %(default)s)")
     engine.add_argument("--n-batch", type=int, default=512,
                         help="most tokens in one llama_decode call (default: %(default)s)")
+    engine.add_argument("--speculate-tool-calls", action=argparse.BooleanOptionalAction, default=False,
+                        help="speculative decoding of grammar-constrained output (tool calls): each step also "
+                        "decodes the tokens the grammar forces and the ones the prompt holds, kept only where "
+                        "they equal what is sampled (same outputs; default: off)")
+    engine.add_argument("--draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS,
+                        help="most drafted tokens per sequence and step under --speculate-tool-calls "
+                        "(default: %(default)s)")
     engine.add_argument("--log-level", default="INFO", help="server log level (default: %(default)s)")
     add_served_model_name(engine)
     return add_server_args(parser)
@@ -51,6 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.grammar_backend != XGRAMMAR and args.enable_grammar_sampling is not False:
         parser.error("--grammar-backend: the llama.cpp back end enforces grammars with xgrammar only")
+    if args.draft_tokens < 0:
+        parser.error("--draft-tokens must be at least 0")
     for flag in ("n_ctx", "parallel", "n_batch"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -68,6 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = LlamaCppOptions(
         model_path=args.model, tokenizer=args.tokenizer, n_ctx=args.n_ctx, parallel=args.parallel,
         n_threads=args.n_threads, n_gpu_layers=args.n_gpu_layers, n_batch=args.n_batch, model_name=names[0],
+        speculate_tool_calls=args.speculate_tool_calls, draft_tokens=args.draft_tokens,
     )
     settings = server_settings(args, names)
 

@@ -14,6 +14,14 @@ system prompt with its tools) starts from them, copied by reference (`llama_memo
 from whichever slot shares the longest prefix; an aborted one (client gone) is wiped at once.
 `n > 1` decodes the prompt once and shares it with the other choices' sequences.
 
+With `speculate_tool_calls`, a grammar-constrained sequence also puts a draft into the step's
+batch after its next token: what the grammar forces from there and what the prompt holds
+(`functionary.grammar.forced.RequestDrafter`). llama.cpp returns logits for every drafted row;
+the sequence then samples row by row exactly as plain decoding would (same sampler, same mask,
+same order of RNG draws) and keeps a drafted token only while it equals the token sampled
+before it; the rows after the first mismatch leave the KV cache. Each row's logits do not
+depend on how the batch is grouped, so outputs are those of plain decoding, byte for byte.
+
 llama_cpp is imported lazily: importing this module does not need llama-cpp-python.
 """
 from __future__ import annotations
@@ -38,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 4096
 DEFAULT_PARALLEL = 8
+DEFAULT_DRAFT_TOKENS = 8  # most drafted tokens one sequence puts into one step
 PREFIX_BLOCK = 32  # = llama.cpp's n_ubatch here: prompts are computed in blocks of this many rows
 HEALTH_TIMEOUT_S = 30.0
 
@@ -62,6 +71,8 @@ class LlamaCppOptions:
     n_gpu_layers: int = 0
     n_batch: int = 512
     model_name: Optional[str] = None
+    speculate_tool_calls: bool = False  # draft-and-verify grammar-constrained sequences
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS
 
 
 # ---- commands to the engine thread (typed) ------------------------------------------------
@@ -129,6 +140,7 @@ class _Choice:
     generated: int = 0
     next_token: Optional[int] = None  # drawn, not yet decoded
     finished: Optional[str] = None
+    drafter: Any = None  # RequestDrafter (speculation on, grammar-constrained), or None
 
 
 @dataclass
@@ -155,6 +167,8 @@ class EngineStats:
     batched_decode_calls: int = 0  # decode calls that carried 2 or more sequences
     prompt_tokens_reused: int = 0  # prompt tokens taken from the cache instead of decoded
     running_sequences: int = 0
+    draft_tokens: int = 0  # tokens drafted into decode batches (speculation)
+    draft_tokens_accepted: int = 0  # drafted tokens that equalled the sampled token
     kv_tokens: dict[int, int] = field(default_factory=dict)  # sequence id -> positions held
 
 
@@ -180,6 +194,11 @@ class _Engine:
         self.n_ctx = options.n_ctx
         self.n_batch = max(options.n_batch, options.parallel)
         self.slots = [_Slot(seq) for seq in range(self.llama.n_seq)]
+        self.speculate = options.speculate_tool_calls and options.draft_tokens > 0
+        self.draft_tokens = options.draft_tokens
+        # How the model writes a forced string (the backend swaps in --tokenizer's encode).
+        self.encode: Callable[[str], Sequence[int]] = lambda text: self.llama.tokenize(text, add_special=False)
+        self._encode_cache: Any = None
         self.stats = EngineStats()
         self._cmds: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._waiting: list[_Request] = []
@@ -367,11 +386,26 @@ class _Engine:
         for index, slot in enumerate(slots):
             grammar = GrammarState(req.grammar, self.llama.n_vocab) if req.grammar is not None else None
             choice = _Choice(index, slot, Sampler(settings, self.llama.n_vocab, prompt, blocked, params.seed, index),
-                             grammar)
+                             grammar, drafter=self._drafter(req.grammar))
             slot.owner = choice
             req.choices.append(choice)
         req.prefilled = reuse
         self._running[req.request_id] = req
+
+    def _drafter(self, compiled: Any) -> Any:
+        """A drafter with its own matcher on the choice's grammar (drafting rolls it back and
+        forth; the choice's own matcher only ever moves by the tokens it emits)."""
+        if not self.speculate or compiled is None:
+            return None
+        import xgrammar
+
+        from functionary.grammar.forced import EncodeCache, RequestDrafter
+
+        if self._encode_cache is None:
+            self._encode_cache = EncodeCache(self.encode)
+        drafter = RequestDrafter(self._encode_cache)
+        drafter.attach(xgrammar.GrammarMatcher(compiled), [])
+        return drafter
 
     # ---- one step: one llama_decode for every running sequence -----------------------------
     def _step(self) -> None:
@@ -387,11 +421,19 @@ class _Engine:
                 if choice.finished is None and choice.next_token is not None:
                     decoding.append((req, choice))
         if decoding:
-            self._decode([(c.next_token, len(c.slot.tokens), c.slot.seq, True) for _, c in decoding])
-            for row, (req, choice) in enumerate(decoding):
-                choice.slot.tokens.append(choice.next_token)  # the cache holds it now
-                choice.next_token = None
-                self._advance(req, choice, self.llama.logits(row), out)
+            items: list[tuple[int, int, int, bool]] = []
+            rows: list[tuple[_Request, _Choice, int, Sequence[int]]] = []
+            spare = self.n_batch - len(decoding)  # rows left for drafts in this call
+            for req, choice in decoding:
+                draft = self._draft(req, choice, spare) if spare > 0 else ()
+                spare -= len(draft)
+                pos, seq = len(choice.slot.tokens), choice.slot.seq
+                rows.append((req, choice, len(items), draft))
+                items.append((choice.next_token, pos, seq, True))
+                items += [(token, pos + 1 + i, seq, True) for i, token in enumerate(draft)]
+            self._decode(items)
+            for req, choice, row, draft in rows:
+                self._verify(req, choice, row, draft, out)
         budget = self.n_batch
         for req in list(self._running.values()):
             if budget <= 0:
@@ -440,6 +482,43 @@ class _Engine:
         stats.max_sequences_per_decode = max(stats.max_sequences_per_decode, len(seqs))
         if len(seqs) > 1:
             stats.batched_decode_calls += 1
+
+    def _draft(self, req: _Request, choice: _Choice, spare: int) -> Sequence[int]:
+        """Tokens to check after `choice.next_token` in this step: () when not drafting."""
+        drafter = choice.drafter
+        if drafter is None or choice.grammar is None:  # no grammar (any more): plain decoding
+            return ()
+        slot = choice.slot
+        k = min(self.draft_tokens, spare, self.n_ctx - 1 - len(slot.tokens))  # positions stay < n_ctx
+        if req.params.max_tokens is not None:
+            # Row i is sampled only if the choice may still emit its (i + 2)-th token of this step.
+            k = min(k, req.params.max_tokens - choice.generated - 1)
+        if k <= 0:
+            return ()
+        history = [*slot.tokens, choice.next_token]
+        drafter.advance(history[len(req.prompt):])
+        return drafter.draft(history, k).tokens
+
+    def _verify(self, req: _Request, choice: _Choice, row: int, draft: Sequence[int],
+                out: dict[str, list[GenerationDelta]]) -> None:
+        """Sample `choice` from its rows of the step as plain decoding would, one row at a time:
+        the next row is used only while the token just sampled is the draft's token for it."""
+        slot = choice.slot
+        slot.tokens.append(choice.next_token)  # the cache holds it now
+        choice.next_token = None
+        self._advance(req, choice, self.llama.logits(row), out)
+        accepted = 0
+        for token in draft:
+            if choice.finished is not None or choice.next_token != token:
+                break
+            slot.tokens.append(token)  # decoded in this step already
+            choice.next_token = None
+            accepted += 1
+            self._advance(req, choice, self.llama.logits(row + accepted), out)
+        if accepted < len(draft):  # the rejected rows leave the cache: it holds slot.tokens only
+            self.llama.seq_clear(slot.seq, len(slot.tokens))
+        self.stats.draft_tokens += len(draft)
+        self.stats.draft_tokens_accepted += accepted
 
     def _advance(self, req: _Request, choice: _Choice, logits: Any, out: dict[str, list[GenerationDelta]]) -> None:
         """Draw one token for `choice`, turn it into text, and decide whether it finished."""
@@ -546,6 +625,9 @@ class LlamaCppBackend:
 
             self._hf_tokenizer = AutoTokenizer.from_pretrained(options.tokenizer)
         self._tokenizer = self._hf_tokenizer or GGUFTokenizer(llama)
+        if self._hf_tokenizer is not None:  # drafts are tokenised as the prompt is
+            hf = self._hf_tokenizer
+            self._engine.encode = lambda text: hf.encode(text, add_special_tokens=False)
         self._grammars: Any = None  # built on first use (xgrammar indexes the vocabulary once)
         self._grammar_lock = threading.Lock()
         self._active: set[str] = set()
@@ -709,6 +791,12 @@ def _register_collector(backend: LlamaCppBackend) -> Any:
             yield CounterMetricFamily("functionary_llama_cpp_prompt_tokens_reused",
                                       "Prompt tokens taken from the KV cache instead of decoded.",
                                       value=s.prompt_tokens_reused)
+            yield CounterMetricFamily("functionary_llama_cpp_draft_tokens",
+                                      "Tokens drafted into decode batches (--speculate-tool-calls).",
+                                      value=s.draft_tokens)
+            yield CounterMetricFamily("functionary_llama_cpp_draft_tokens_accepted",
+                                      "Drafted tokens that equalled the token sampled for their position.",
+                                      value=s.draft_tokens_accepted)
             yield GaugeMetricFamily("functionary_llama_cpp_running_sequences",
                                     "Sequences of running requests.", value=s.running_sequences)
             kv = GaugeMetricFamily("functionary_llama_cpp_sequence_kv_tokens",

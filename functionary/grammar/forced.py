@@ -116,6 +116,10 @@ class _EncodeCache:
         return ids
 
 
+#: One tokenizer's cache shared by many drafters (the llama.cpp engine keeps one for all requests).
+EncodeCache = _EncodeCache
+
+
 class RequestDrafter:
     """One request's drafting state: a grammar matcher (None: unconstrained, or the grammar is not
     compiled yet) and how many of the request's output tokens it has consumed."""
@@ -309,6 +313,7 @@ __all__ = [
     "DEFAULT_MIN_NGRAM",
     "Draft",
     "DraftStats",
+    "EncodeCache",
     "GrammarCache",
     "RequestDrafter",
     "prompt_lookup",

@@ -39,3 +39,36 @@ def test_importing_the_backend_needs_no_llama_cpp():
     import functionary.backends.llama_cpp as backend
 
     assert backend.LlamaCppOptions().parallel >= 1
+
+
+def test_speculation_flags_reach_the_options(monkeypatch):
+    from functionary.backends.llama_cpp import DEFAULT_DRAFT_TOKENS, LlamaCppBackend
+
+    parser = server_llama_cpp.build_parser()
+    assert parser.parse_args([]).speculate_tool_calls is False  # off unless asked for
+    args = parser.parse_args(["--speculate-tool-calls", "--draft-tokens", "5"])
+    assert (args.speculate_tool_calls, args.draft_tokens) == (True, 5)
+    assert parser.parse_args(["--no-speculate-tool-calls"]).speculate_tool_calls is False
+    assert parser.parse_args([]).draft_tokens == DEFAULT_DRAFT_TOKENS
+    with pytest.raises(SystemExit):
+        server_llama_cpp.main(["--draft-tokens", "-1"])
+
+    seen = {}
+
+    async def start(options):
+        seen["options"] = options
+        return "backend"
+
+    import functionary.api.serve as serve_module
+
+    monkeypatch.setattr(LlamaCppBackend, "start", start)
+    captured = {}
+    monkeypatch.setattr(serve_module, "serve", lambda app, *a, **k: captured.setdefault("app", app) and 0)
+    import functionary.api as api
+
+    monkeypatch.setattr(api, "create_app", lambda settings, factory: captured.setdefault("factory", factory))
+    server_llama_cpp.main(["--speculate-tool-calls", "--draft-tokens", "3"])
+    import asyncio
+
+    asyncio.run(captured["factory"]())
+    assert (seen["options"].speculate_tool_calls, seen["options"].draft_tokens) == (True, 3)
