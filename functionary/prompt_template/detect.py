@@ -22,8 +22,8 @@ def detect_format(tokenizer: Any) -> Optional[str]:
     """The prompt format of `tokenizer`, or None if neither its template nor its vocabulary names one.
 
     Order: the `{# version=... #}` marker of its chat template, the tool format the template
-    teaches (`tool_format_of_template`), which format's special strings are single tokens in
-    its vocabulary, then a ChatML template's family format (`hermes`).
+    teaches (`tool_format_of_template`), then which format's special strings are single tokens
+    in its vocabulary.
     """
     chat_template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(chat_template, dict):  # several named templates
@@ -43,10 +43,6 @@ def detect_format(tokenizer: Any) -> Optional[str]:
         return "v2"
     if _single_token(tokenizer, "<|START_OF_FUNCTION_CALL|>"):
         return "v1"
-    if "<|im_start|>" in chat_template:
-        # ChatML that teaches no tool format (SmolLM2, the default model): ChatML's own tool
-        # format answers BFCL best for it (README, "Which format each model gets").
-        return "hermes"
     return None
 
 

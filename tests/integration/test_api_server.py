@@ -88,27 +88,6 @@ async def test_template_detection_falls_back_to_v3_llama3(harness, caplog):
     assert result.choices[0].message.content == "It is sunny in Paris today."
 
 
-async def test_a_chatml_model_gets_hermes_and_its_own_system_prompt(harness):
-    # The default model's case: SmolLM2's published ChatML template (no tools, a default system
-    # prompt). What reaches the engine is what that template renders for the same messages.
-    from pathlib import Path
-
-    from tests.support.tokenizers import build_format_tokenizer
-
-    smollm2 = (Path(__file__).resolve().parents[1] / "reference" / "chat_templates" / "smollm2-instruct.jinja")
-    tok = build_format_tokenizer("hermes", chat_template=smollm2.read_text())
-
-    class ChatML(FakeBackend):
-        def get_tokenizer(self):
-            return tok
-
-    h = await harness(fake=ChatML(["It is sunny.<|im_end|>"]), prompt_template_version=None)
-    assert h.app.state.template.version == "hermes"
-    result = await h.client.chat.completions.create(model=MODEL, messages=USER)
-    assert result.choices[0].message.content == "It is sunny."
-    assert h.fake.requests[-1].prompt == tok.apply_chat_template(USER, add_generation_prompt=True, tokenize=False)
-
-
 async def test_template_detected_from_the_chat_template_marker(harness):
     class Marked(FakeBackend):
         def get_tokenizer(self):

@@ -122,10 +122,8 @@ async def test_named_choice_is_held_to_the_schema_by_tgi_grammar(standins, model
         assert grammar["type"] == "json"
         # the function's own schema (TGI needs `properties`, which it has)
         assert json.loads(grammar["value"]) == WEATHER_TOOL["function"]["parameters"]
-        # the prompt (hermes: the default model's template is ChatML) already names the
-        # function as Qwen's template writes a call: the grammar covers only the arguments
-        assert record.body["inputs"].endswith(
-            '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": ')
+        # the prompt already names the function: the grammar covers only the arguments
+        assert record.body["inputs"].endswith(ASSISTANT_V3 + "get_weather\n")
         assert params["do_sample"] is False and "temperature" not in params
 
 

@@ -41,20 +41,12 @@ def test_the_chat_template_marker_wins_over_the_vocabulary(version):
     assert get_prompt_template_from_tokenizer(tokenizer).version == version
 
 
-def test_a_tokenizer_without_template_or_format_tokens_needs_an_explicit_version():
-    tokenizer = build_format_tokenizer("hermes")  # the default vocabulary, no chat template
+def test_a_non_functionary_tokenizer_needs_an_explicit_version():
+    tokenizer = default_tokenizer()
     assert detect_version(tokenizer) is None
     with pytest.raises(PromptError, match="Cannot detect prompt template"):
         get_prompt_template_from_tokenizer(tokenizer)
     assert get_prompt_template_from_tokenizer(tokenizer, version="v3.llama3").version == "v3.llama3"
-
-
-def test_the_default_models_chatml_template_gets_hermes():
-    # SmolLM2's template is ChatML without tools: the ChatML family's tool format, and not a
-    # Functionary model (grammar sampling on).
-    tokenizer = default_tokenizer()
-    assert detect_version(tokenizer) is None
-    assert get_prompt_template_from_tokenizer(tokenizer).version == "hermes"
 
 
 PROMPTS = [c for c in load("prompts") if c.get("prompt") is not None and c["id"] in ("C06", "C07", "C12", "C16")]
