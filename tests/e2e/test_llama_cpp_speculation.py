@@ -2,7 +2,7 @@
 
 Two servers run side by side, one with speculation and one without; every request is sent to
 both and the answers must be the same, byte for byte (content, tool calls, finish reason, token
-count): greedy and seeded temperature 0.8, tool_choice auto / required / named / none over
+count): greedy (seeded temperature 0.8 only where not compared, see EXACT_SAMPLING), tool_choice auto / required / named / none over
 several tool sets, with stop strings, min_tokens, ignore_eos and max_tokens, for a sequence
 decoded on its own (n=1, one request at a time). With several sequences in one batch (n=2) the
 answers are not compared: llama.cpp's CPU attention accumulates in FP16 in KV-cell order, and
@@ -163,7 +163,14 @@ def body_of(model: str, case: str, sampling: str) -> dict:
             "max_tokens": 96, **SAMPLING[sampling], **extra}
 
 
-@pytest.mark.parametrize("sampling", list(SAMPLING))
+# Greedy only: llama.cpp's CPU attention sums in FP16 in KV-cell order, so where a sequence's
+# cells lie (which depends on what ran before) moves logits slightly; sampling at 0.8 turns that
+# into a different token now and then even without speculation (seen in a clean-clone CI run),
+# greedy decoding only on a near tie.
+EXACT_SAMPLING = ["greedy"]
+
+
+@pytest.mark.parametrize("sampling", EXACT_SAMPLING)
 @pytest.mark.parametrize("case", list(CASES))
 def test_speculation_gives_the_same_answer(servers, model, case, sampling):
     plain, spec = servers
@@ -174,7 +181,7 @@ def test_speculation_gives_the_same_answer(servers, model, case, sampling):
         assert expected["completion_tokens"] == 70
 
 
-@pytest.mark.parametrize("sampling", list(SAMPLING))
+@pytest.mark.parametrize("sampling", EXACT_SAMPLING)
 @pytest.mark.parametrize("case", ["named-email", "required", "auto"])
 def test_speculated_stream_equals_the_whole_answer(servers, model, case, sampling):
     plain, spec = servers
